@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from pipeline.builtin.acquire import PipArchive, SourceUnavailable, read_member
 from pipeline.errors import UserError
-from pipeline.files import stable_seed, write_text_atomically
+from pipeline.files import replace_folder, stable_seed, write_text_atomically
 from pipeline.tasks import Task
 
 EVALS_WHEEL = PipArchive("evals", "3.0.1.post1", wheel=True)
@@ -377,13 +377,7 @@ def write_benchmark(root: Path, benchmark: Benchmark, package: str = "") -> Path
             encoding="utf-8",
         )
         (staging / "task.yaml").write_text(task_yaml_text(benchmark, package), encoding="utf-8")
-        if target.exists():
-            old = staging.with_name(staging.name + ".old")
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, target)
+        replace_folder(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

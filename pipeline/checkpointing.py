@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.files import replace_folder
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 JSON_FILES = ("train_state", "sampler", "config")
@@ -64,9 +65,7 @@ def save_checkpoint(accelerator: Any, run_dir: Path, step: int, records: dict[st
     if accelerator.is_main_process:
         for name in JSON_FILES:
             (staging / f"{name}.json").write_text(json.dumps(records[name], indent=2, default=str) + "\n")
-        if final.exists():  # the same step saved again (e.g. resumed and stopped at once): replace it
-            shutil.rmtree(final)
-        staging.rename(final)
+        replace_folder(staging, final)  # the same step may be saved again (resumed and stopped at once)
         for _, old in complete_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         for leftover in folder.glob(".tmp-step-*"):

@@ -1,9 +1,11 @@
-"""Small shared helpers for the data files flanpipe reads: YAML with one-line errors, and stable seeds."""
+"""Small shared helpers for the files flanpipe reads and writes: YAML with one-line errors, atomic writes
+(of a file, or of a whole folder), and stable seeds."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,25 @@ def write_text_atomically(path: Path, text: str) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Rename the finished folder `staging` (on the same filesystem as `target`) to `target`. A folder already
+    there is moved aside first and removed only once the new one is in place, and put back if that fails."""
+    if not (target.exists() or target.is_symlink()):
+        os.replace(staging, target)
+        return
+    previous = staging.with_name(f"{staging.name}.previous")
+    os.replace(target, previous)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        os.replace(previous, target)
+        raise
+    if previous.is_symlink():
+        previous.unlink()
+    else:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def stable_seed(*parts: Any) -> int:

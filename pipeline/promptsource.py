@@ -57,6 +57,7 @@ import jinja2.nodes
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.files import replace_folder
 from pipeline.tasks import KNOWN_METRICS, load_task
 from pipeline.templates import (
     ENVIRONMENT,
@@ -567,14 +568,6 @@ def _write_atomically(folder: Path, files: dict[str, str], force: bool) -> None:
                 raise UserError(f"{folder}: task folder already exists; pass --force to overwrite it, or --task NAME")
             if not folder.is_dir():
                 raise UserError(f"{folder}: exists and is not a folder; remove it first")
-            previous = scratch / "previous"
-            folder.rename(previous)
-            try:
-                staging.rename(folder)
-            except OSError:
-                previous.rename(folder)
-                raise
-        else:
-            staging.rename(folder)
+        replace_folder(staging, folder)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
