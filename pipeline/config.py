@@ -118,9 +118,10 @@ class TrainConfig:
     """Learning-rate schedule after warmup."""
     warmup_steps: int = 100
     """Linear warmup steps."""
-    loss_per: Literal["token", "example"] = "token"
+    loss_per: Literal["token", "example", "task"] = "token"
     """`token`: the mean over all target tokens of the global batch (T5's); `example`: the mean over examples
-    of each example's mean token loss, so a one-word label weighs as much as a paragraph."""
+    of each example's mean token loss, so a one-word label weighs as much as a paragraph; `task`: as
+    `example` between tasks, as `token` within each (see `pipeline.train.loss_weights`)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm; 0 = off."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

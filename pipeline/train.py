@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 
 from pipeline.benchmarks import refuse_training_on_benchmarks
 from pipeline.checkpointing import find_resume_checkpoint, read_records, save_checkpoint
@@ -175,25 +175,19 @@ def train_step(accelerator: Accelerator, model: Any, optimizer: Any, scheduler: 
                micro_batches: list[dict[str, Any]], cfg: Config, window: LogWindow) -> float:
     """One optimizer step over this process's micro-batches of a global batch; returns the global loss.
 
-    The loss is a sum over target tokens (or over examples' mean token losses, `train.loss_per=example`)
-    divided by the *global* count, so it means the same for any number of processes or micro-batches. DDP
-    averages gradients over processes and accelerate divides by the accumulation steps: the scale multiplies
-    both back.
+    The objective is a weighted sum of target-token losses whose weights are normalised over the *global*
+    batch (`loss_weights`), so it means the same for any number of processes or micro-batches. DDP averages
+    gradients over processes and accelerate divides by the accumulation steps: the scale multiplies both back.
     """
-    per_example = cfg.train.loss_per == "example"
-    local = sum(len(mb["task"]) if per_example else int((mb["labels"] != -100).sum()) for mb in micro_batches)
-    total = int(accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum"))
-    scale = accelerator.num_processes * cfg.train.gradient_accumulation_steps / max(1, total)
+    weights = loss_weights(accelerator, micro_batches, cfg.train.loss_per)
+    scale = accelerator.num_processes * cfg.train.gradient_accumulation_steps
     model.train()
-    for micro_batch in micro_batches:
+    for micro_batch, weight in zip(micro_batches, weights, strict=True):
         with accelerator.accumulate(model):
             micro_batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in micro_batch.items()}
             per_token = token_losses(model(micro_batch), micro_batch["labels"])
-            if per_example:
-                sums, counts = example_loss_sums(per_token, micro_batch)
-                objective = (sums / counts.clamp_min(1)).sum()
-            else:
-                objective = per_token.sum()
+            sums, _ = example_loss_sums(per_token, micro_batch)
+            objective = (sums * weight.to(sums.device)).sum()
             accelerator.backward(objective * scale)
             window.add(micro_batch, per_token)
             if accelerator.sync_gradients:
@@ -203,6 +197,41 @@ def train_step(accelerator: Accelerator, model: Any, optimizer: Any, scheduler: 
                 scheduler.step()
                 optimizer.zero_grad()
     return window.last_step_loss(accelerator)
+
+
+def loss_weights(accelerator: Accelerator, micro_batches: list[dict[str, Any]], loss_per: str) -> list[torch.Tensor]:
+    """Per micro-batch, the weight of each example's summed token loss, normalised over the global batch:
+
+    - `token`: 1 / (target tokens in the global batch): every token weighs the same (T5's loss);
+    - `example`: 1 / (its own tokens × examples): each example weighs the same, a one-token label as much
+      as a paragraph; labels of different lengths then weigh differently per token (a 3-token label's
+      tokens each count 2/3 of a 2-token label's), which biases the model towards the shorter label;
+    - `task`: 1 / (its task's mean tokens per example × examples): each task's share of the loss is its
+      share of the examples, as with `example`, spread evenly over that task's tokens, so within a task
+      every token weighs the same and no label is favoured for its length.
+    """
+    tokens = [example_loss_sums(torch.ones(mb["labels"].shape), mb)[1] for mb in micro_batches]
+    if loss_per == "token":
+        total = accelerator.reduce(torch.tensor(float(sum(t.sum() for t in tokens)), device=accelerator.device), "sum")
+        return [torch.full_like(t, 1.0 / max(1.0, float(total))) for t in tokens]
+    examples = sum(len(t) for t in tokens)
+    total = int(accelerator.reduce(torch.tensor(examples, device=accelerator.device), "sum"))
+    if loss_per == "example":
+        return [1.0 / (t.clamp_min(1) * total) for t in tokens]
+    per_task: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # task -> [examples, tokens]
+    for mb, counts in zip(micro_batches, tokens, strict=True):
+        for task, count in zip(mb["task"], counts.tolist(), strict=True):
+            per_task[task][0] += 1
+            per_task[task][1] += count
+    if accelerator.num_processes > 1:
+        merged: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for shard in gather_object([dict(per_task)]):
+            for task, (n, count) in shard.items():
+                merged[task][0] += n
+                merged[task][1] += count
+        per_task = merged
+    mean_tokens = {task: max(1.0, count / n) for task, (n, count) in per_task.items()}
+    return [torch.tensor([1.0 / (mean_tokens[task] * total) for task in mb["task"]]) for mb in micro_batches]
 
 
 def log_step(accelerator: Accelerator, cfg: Config, state: TrainState, window: LogWindow,

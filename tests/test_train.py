@@ -141,3 +141,50 @@ def test_a_lone_process_under_a_multi_process_launcher_is_refused(monkeypatch, t
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="runs alone .* started independent trainings"):
         train_module._make_accelerator(load_config(None, ["log.trackers=[jsonl]"]), tmp_path)
+
+
+class _OneProcess:
+    num_processes = 1
+    device = "cpu"
+
+    @staticmethod
+    def reduce(tensor, reduction):
+        return tensor
+
+
+@pytest.mark.parametrize(
+    ("loss_per", "expected"),
+    [
+        ("token", [[1 / 15, 1 / 15], [1 / 15]]),  # 2 + 3 + 10 target tokens
+        ("example", [[1 / (2 * 3), 1 / (3 * 3)], [1 / (10 * 3)]]),
+        ("task", [[1 / (2.5 * 3), 1 / (2.5 * 3)], [1 / (10 * 3)]]),  # task a: 2.5 tokens per example
+    ],
+)
+def test_loss_weights_per_token_example_and_task(loss_per, expected):
+    import torch
+
+    from pipeline.train import loss_weights
+
+    def micro_batch(tasks, lengths):
+        labels = torch.full((len(tasks), max(lengths)), -100)
+        for row, length in enumerate(lengths):
+            labels[row, :length] = 5
+        return {"task": tasks, "labels": labels}
+
+    batches = [micro_batch(["a", "a"], [2, 3]), micro_batch(["b"], [10])]
+    weights = loss_weights(_OneProcess(), batches, loss_per)
+    assert [w.tolist() for w in weights] == [pytest.approx(e) for e in expected]
+    tokens = [torch.tensor([2.0, 3.0]), torch.tensor([10.0])]
+    assert sum(float((w * t).sum()) for w, t in zip(weights, tokens)) == pytest.approx(1.0)  # a mean of losses
+    if loss_per != "token":  # each task's share of the loss is its share of the examples
+        assert float((weights[0] * tokens[0]).sum()) == pytest.approx(2 / 3)
+
+
+def test_two_processes_match_one_with_task_weighted_loss(world, tmp_path):
+    one = launch(settings(world, tmp_path / "one", "train.loss_per=task"))
+    two = launch(settings(world, tmp_path / "two", "train.loss_per=task"), nproc=2)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    expected, got = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert expected.keys() == got.keys()
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), step
