@@ -99,11 +99,16 @@ class Evaluator:
         return results
 
     @torch.no_grad()
-    def validation_losses(self, accelerator: Any, model: Any) -> dict[str, float]:
-        """Mean target-token cross-entropy per task (teacher forcing)."""
+    def validation_losses(self, accelerator: Any, model: Any, other_inputs: bool = False) -> dict[str, float]:
+        """Mean target-token cross-entropy per task (teacher forcing). With `other_inputs`, each target is
+        scored after the next example's input (same task, rotated by one): how much worse that is measures
+        how much the model reads its input rather than guessing the task's typical answer."""
         model.eval()
         losses = {}
         for task, rows in self.rows.items():
+            if other_inputs:
+                inputs = [row.input for row in rows[1:] + rows[:1]]
+                rows = [dataclasses.replace(row, input=text) for row, text in zip(rows, inputs, strict=True)]
             total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
             with accelerator.split_between_processes(rows) as shard:
                 for start in range(0, len(shard), self.cfg.eval.batch_size):

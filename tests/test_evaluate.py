@@ -65,3 +65,19 @@ def test_forgetting_quick(world, tmp_path):
     assert list(matrix["rows"]) == ["base", "1-after-colour", "2-after-echo", "multi-task"]
     text = (out / "forgetting.md").read_text()
     assert "What earlier tasks lose in later stages" in text and (out / "forgetting_loss.png").exists()
+
+
+def test_input_reliance_scores_each_target_after_its_own_and_another_input(world, run_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "bench" / "input_reliance.py"
+    result = subprocess.run([sys.executable, str(script), str(run_dir), "--limit", "8", *world_settings(world)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[2:]}
+    assert set(rows) == {"colour", "echo"}
+    for n, own, other, difference in rows.values():
+        assert int(n) == 8 and float(other) - float(own) == pytest.approx(float(difference), abs=2e-3)
+    assert any(float(difference) != 0 for *_, difference in rows.values())  # the inputs really were swapped

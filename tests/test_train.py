@@ -175,7 +175,7 @@ def test_loss_weights_per_token_example_and_task(loss_per, expected):
     weights = loss_weights(_OneProcess(), batches, loss_per)
     assert [w.tolist() for w in weights] == [pytest.approx(e) for e in expected]
     tokens = [torch.tensor([2.0, 3.0]), torch.tensor([10.0])]
-    assert sum(float((w * t).sum()) for w, t in zip(weights, tokens)) == pytest.approx(1.0)  # a mean of losses
+    assert sum(float((w * t).sum()) for w, t in zip(weights, tokens, strict=True)) == pytest.approx(1.0)
     if loss_per != "token":  # each task's share of the loss is its share of the examples
         assert float((weights[0] * tokens[0]).sum()) == pytest.approx(2 / 3)
 
