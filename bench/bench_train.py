@@ -80,7 +80,8 @@ def bench_config(batch_size: int, steps: int, packing: bool, run_dir: Path) -> C
         f"data.packing={packing}", f"train.batch_size={batch_size}", f"train.max_steps={steps}",
         "train.optimizer=adamw", "train.lr=1e-3", "train.weight_decay=0.0", "train.schedule=constant",
         "train.warmup_steps=0", "train.max_grad_norm=1.0", "train.mixed_precision='no'",
-        "train.gradient_accumulation_steps=1", f"run.dir={run_dir}",
+        "train.gradient_accumulation_steps=1", "train.loss_per=token",  # the Trainer's loss (the preset's is task)
+        f"run.dir={run_dir}",
     ])
 
 

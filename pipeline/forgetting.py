@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.files import write_text_atomically
 from pipeline.report import markdown_table
 
 DEFAULT_SEQUENCE = ("sentiment", "topics", "arithmetic")
@@ -46,8 +47,8 @@ def _run(command: list[str], log: Path) -> None:
 
 
 def run_experiment(out: Path, tasks: list[str], steps: int, settings: list[str], limit: int) -> dict[str, Any]:
-    """`settings` (`-c preset.yaml`, `key=value`, ...) are passed to every train and eval step."""
-    """Run every stage into `out` (a stage already finished is reused) and return the matrix."""
+    """Run every stage into `out` (a stage already finished is reused) and return the matrix. `settings`
+    (`-c preset.yaml`, `key=value`, ...) are passed to every train and eval step."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     evaluate = ["--tasks", *tasks, "--split", "validation", "--limit", str(limit), "--base", "none"]
@@ -74,7 +75,8 @@ def run_experiment(out: Path, tasks: list[str], steps: int, settings: list[str],
     def mixture(name: str, members: list[str]) -> str:
         """A mixture file in the experiment folder; every stage uses the same variants and rule."""
         path = out / f"{name}.yaml"
-        path.write_text(
+        write_text_atomically(
+            path,
             "# Written by flanpipe forgetting: the same rule and variants for every stage.\n"
             "rate: {rule: examples_proportional, cap: 3000}\n"
             "members: {" + ", ".join(f"{task}: {{}}" for task in members) + "}\n"
@@ -153,6 +155,6 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
         image = save_figure(figure, out / f"forgetting_{kind}.png")
         sections.append(f"![{kind}]({image})\n")
     path = out / "forgetting.md"
-    path.write_text("\n".join(sections))
-    (out / "forgetting.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomically(path, "\n".join(sections))
+    write_text_atomically(out / "forgetting.json", json.dumps(result, indent=2) + "\n")
     return path

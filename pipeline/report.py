@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.files import write_text_atomically
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -158,5 +159,5 @@ def write_run_report(run_dir: Path) -> Path:
         sections.append("## Sample generations (last evaluation)\n\n"
                         + markdown_table(["task", "input", "target", "prediction"], rows) + "\n")
     path = out / "report.md"
-    path.write_text("\n".join(sections))
+    write_text_atomically(path, "\n".join(sections))
     return path

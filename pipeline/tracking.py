@@ -17,6 +17,8 @@ from typing import Any
 
 from accelerate.tracking import GeneralTracker, on_main_process
 
+from pipeline.files import write_text_atomically
+
 
 class JSONLTracker(GeneralTracker):
     """Appends one JSON object per `log` call to `<run>/metrics.jsonl`: readable without any dashboard."""
@@ -35,7 +37,7 @@ class JSONLTracker(GeneralTracker):
 
     @on_main_process
     def store_init_configuration(self, values: dict) -> None:
-        (self.path.parent / "run_config.json").write_text(json.dumps(values, indent=2, default=str) + "\n")
+        write_text_atomically(self.path.parent / "run_config.json", json.dumps(values, indent=2, default=str) + "\n")
 
     @on_main_process
     def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:

@@ -218,18 +218,14 @@ def loss_weights(accelerator: Accelerator, micro_batches: list[dict[str, Any]], 
     total = int(accelerator.reduce(torch.tensor(examples, device=accelerator.device), "sum"))
     if loss_per == "example":
         return [1.0 / (t.clamp_min(1) * total) for t in tokens]
-    per_task: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # task -> [examples, tokens]
-    for mb, counts in zip(micro_batches, tokens, strict=True):
-        for task, count in zip(mb["task"], counts.tolist(), strict=True):
-            per_task[task][0] += 1
-            per_task[task][1] += count
+    pairs = [pair for mb, counts in zip(micro_batches, tokens, strict=True)
+             for pair in zip(mb["task"], counts.tolist(), strict=True)]  # (task, tokens) of each example
     if accelerator.num_processes > 1:
-        merged: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        for shard in gather_object([dict(per_task)]):
-            for task, (n, count) in shard.items():
-                merged[task][0] += n
-                merged[task][1] += count
-        per_task = merged
+        pairs = gather_object(pairs)  # every process's examples: the global batch
+    per_task: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # task -> [examples, tokens]
+    for task, count in pairs:
+        per_task[task][0] += 1
+        per_task[task][1] += count
     mean_tokens = {task: max(1.0, count / n) for task, (n, count) in per_task.items()}
     return [torch.tensor([1.0 / (mean_tokens[task] * total) for task in mb["task"]]) for mb in micro_batches]
 
