@@ -13,7 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.mixing import MixtureSampler, TaskStats, load_mixture
+from pipeline.mixing.mixture_file import TaskStats
+from pipeline.mixing.sampler import MixtureSampler
+from pipeline.mixing.tree import load_mixture
 
 TARGET = 1_000_000
 SIZES = [1_000, 2_500, 5_000, 8_000, 12_000, 20_000, 50_000, 80_000, 120_000, 200_000]

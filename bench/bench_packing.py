@@ -23,16 +23,15 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-from pipeline.data import (
+from pipeline.data.collate import (
+    LABEL_PAD,
     PackingCollator,
     PaddingCollator,
-    Seq2SeqLogits,
-    TruncationStats,
     count_tokens,
-    encode_texts,
     length_grouped_batches,
-    token_mean_loss,
 )
+from pipeline.data.tokenize import TruncationStats, encode_texts
+from pipeline.forward import Seq2SeqLogits, token_losses
 
 VOCAB = 2000
 MAX_INPUT, MAX_TARGET = 256, 64
@@ -60,9 +59,11 @@ def mixture_lengths(name: str, n: int, tokenizer_dir: Path | None) -> list[tuple
     from tokenizers import pre_tokenizers, trainers
 
     from pipeline.config import load_config
-    from pipeline.mixing import MixtureSampler, RegistryStats, load_mixture
-    from pipeline.rendering import ExemplarPool, Variant, render_example
-    from pipeline.tasks import load_split, load_tasks
+    from pipeline.mixing.sampler import MixtureSampler
+    from pipeline.mixing.tree import RegistryStats, load_mixture
+    from pipeline.tasks.rendering import ExemplarPool, Variant, render_example
+    from pipeline.tasks.splits import load_split
+    from pipeline.tasks.task import load_tasks
 
     data = load_config().data
     tasks = load_tasks(data.templates_path())
@@ -115,7 +116,7 @@ def efficiency(batches: list[dict]) -> float:
 
 def step_seconds(model: torch.nn.Module, batch: dict) -> float:
     start = time.perf_counter()
-    token_mean_loss(model(batch), batch["labels"]).backward()
+    (token_losses(model(batch), batch["labels"]).sum() / (batch["labels"] != LABEL_PAD).sum()).backward()
     model.zero_grad(set_to_none=True)
     return time.perf_counter() - start
 

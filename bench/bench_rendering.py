@@ -14,8 +14,8 @@ from pathlib import Path
 
 import jinja2
 
-from pipeline.rendering import Variant, render_split
-from pipeline.tasks import load_task
+from pipeline.tasks.rendering import Variant, render_split
+from pipeline.tasks.task import load_task
 
 TEMPLATE = "Review: {{ text }}\nIs this review positive or negative?\n|||\n{{ label }}\n"
 

@@ -53,13 +53,19 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from pipeline.config import Config, load_config
-from pipeline.data import Batcher, Seq2SeqLogits, TrainingFeed
-from pipeline.mixing import MixtureSampler, RegistryStats, load_mixture
-from pipeline.tasks import load_tasks
-from pipeline.train import LogWindow, load_model, make_optimizer, train_step
+from pipeline.config import SHIPPED_CONFIGS, Config, load_config
+from pipeline.data.batcher import Batcher
+from pipeline.forward import Seq2SeqLogits
+from pipeline.mixing.sampler import MixtureSampler
+from pipeline.mixing.tree import RegistryStats, load_mixture
+from pipeline.modeling import load_model
+from pipeline.tasks.task import load_tasks
+from pipeline.train.feed import TrainingFeed
+from pipeline.train.log_window import LogWindow
+from pipeline.train.loop import train_step
+from pipeline.train.runtime import make_optimizer
 
-DEFAULT_PRESET = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+DEFAULT_PRESET = SHIPPED_CONFIGS / "default.yaml"
 SIDES = ("Seq2SeqTrainer", "flanpipe padded", "flanpipe packed")
 
 
@@ -90,9 +96,9 @@ def fixed_batches(cfg: Config, steps: int):
     tasks = load_tasks(cfg.data.templates_path())
     stats = RegistryStats(tasks, cfg.data.cache_path(), cfg.data.split_seed)
     mixture = load_mixture(cfg.data.mixture, stats, cfg.data.mixtures_path())
-    model, tokenizer = load_model(cfg)
-    batcher = Batcher(tokenizer, cfg, model.config.decoder_start_token_id)
-    feed = TrainingFeed(tasks, list(mixture.shares), batcher, cfg)
+    model, tokenizer = load_model(cfg.model, cfg.data)
+    batcher = Batcher(tokenizer, cfg.data, model.config.decoder_start_token_id)
+    feed = TrainingFeed(tasks, list(mixture.shares), batcher, cfg.data, cfg.run.seed)
     sampler = MixtureSampler(mixture, seed=cfg.run.seed, homogeneous=cfg.data.homogeneous_batches)
     batches = [batcher.tokenize(feed.render(sampler.next_batch(cfg.train.batch_size).draws()))
                for _ in range(steps)]
@@ -146,16 +152,16 @@ def run_flanpipe(initial: torch.nn.Module, tokenizer, batches: list[list[dict]],
     accelerator = Accelerator(cpu=True, mixed_precision=cfg.train.mixed_precision,
                               gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                               step_scheduler_with_optimizer=False)
-    batcher = Batcher(tokenizer, cfg, initial.config.decoder_start_token_id)
+    batcher = Batcher(tokenizer, cfg.data, initial.config.decoder_start_token_id)
     model = Seq2SeqLogits(copy.deepcopy(initial))
-    optimizer, scheduler = make_optimizer(cfg, model)
+    optimizer, scheduler = make_optimizer(cfg.train, model)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     window = LogWindow()
     run = Run()
     for features in batches:
         # One process, no accumulation: the global batch is the one micro-batch (TrainingFeed.micro_batches).
         micro_batches = [batcher.collate(features)]
-        run.losses.append(train_step(accelerator, model, optimizer, scheduler, micro_batches, cfg, window))
+        run.losses.append(train_step(accelerator, model, optimizer, scheduler, micro_batches, cfg.train, window))
         window.step_real_tokens(accelerator)
         run.stamps.append(time.perf_counter())
     accelerator.free_memory()
@@ -207,7 +213,7 @@ def main() -> None:
         start_token = initial.config.decoder_start_token_id
         timed = batches[args.warmup:]
         real_tokens = sum(len(f["input_ids"]) + len(f["labels"]) for batch in timed for f in batch)
-        efficiency = {side: padding_efficiency(Batcher(tokenizer, configs[side], start_token), batches)
+        efficiency = {side: padding_efficiency(Batcher(tokenizer, configs[side].data, start_token), batches)
                       for side in SIDES}
         print(f"{initial.config.name_or_path}: {sum(p.numel() for p in initial.parameters()):,} parameters; "
               f"{total} batches of {args.batch_size} from mixture {cfg.data.mixture!r} "

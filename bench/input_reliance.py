@@ -26,16 +26,18 @@ def main() -> None:
     from accelerate import Accelerator
 
     from pipeline.config import load_config
-    from pipeline.data import Batcher, Seq2SeqLogits
-    from pipeline.evaluate import Evaluator, load_for_evaluation
-    from pipeline.tasks import load_tasks
+    from pipeline.data.batcher import Batcher
+    from pipeline.evaluate.command import load_for_evaluation
+    from pipeline.evaluate.evaluator import Evaluator
+    from pipeline.forward import Seq2SeqLogits
+    from pipeline.tasks.task import load_tasks
 
     cfg = load_config(None, args.settings)
     tasks = load_tasks(cfg.data.templates_path())
     names = args.tasks or [name for name, task in tasks.items() if task.available(cfg.data.cache_path())[0]]
     model, tokenizer, description = load_for_evaluation(args.model, cfg)
-    evaluator = Evaluator(tasks, names, Batcher(tokenizer, cfg, model.config.decoder_start_token_id), cfg,
-                          split=args.split, limit=args.limit)
+    evaluator = Evaluator(tasks, names, Batcher(tokenizer, cfg.data, model.config.decoder_start_token_id), cfg.eval,
+                          cfg.data, seed=cfg.run.seed, split=args.split, limit=args.limit)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     wrapped = accelerator.prepare(Seq2SeqLogits(model))
     own = evaluator.validation_losses(accelerator, wrapped)

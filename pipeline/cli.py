@@ -1,7 +1,8 @@
 """The `flanpipe` command line: thin subcommands over the package, read like a table of contents.
 
 Bad input (`UserError`) prints one line and exits 2; anything else is a bug and exits 1 with a traceback.
-Modules are imported inside each command so that `flanpipe render` and `flanpipe lint` never import torch.
+`train` and `eval` import their modules when they run (they bring torch and transformers, seconds of start-up),
+so that `flanpipe tasks`, `render`, `lint` and `mixture` never import torch.
 """
 
 from __future__ import annotations
@@ -11,8 +12,22 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.config import load_config
+from pipeline.config import SHIPPED_CONFIGS, load_config
 from pipeline.errors import UserError
+from pipeline.evaluate.results import format_scores
+from pipeline.files import write_json_atomically
+from pipeline.forgetting import DEFAULT_SEQUENCE, run_experiment, write_report
+from pipeline.lint import lint_paths
+from pipeline.mixing.report import format_mixture_report, mixture_report_json
+from pipeline.mixing.sampler import MixtureSampler
+from pipeline.mixing.tree import RegistryStats, load_mixture
+from pipeline.report import write_run_report
+from pipeline.sources.benchmark_fetch import fetch_benchmarks, format_fetch_report
+from pipeline.sources.builtin import fetch_builtin
+from pipeline.sources.promptsource import import_promptsource
+from pipeline.tasks.rendering import ExemplarPool, Variant, render_example
+from pipeline.tasks.splits import load_split, load_splits
+from pipeline.tasks.task import get_task, load_tasks
 
 
 def _config(args: argparse.Namespace):
@@ -29,14 +44,10 @@ def _quiet_datasets() -> None:
 
 
 def _tasks(cfg):
-    from pipeline.tasks import load_tasks
-
     return load_tasks(cfg.data.templates_path())
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
-    from pipeline.tasks import load_splits
-
     cfg = _config(args)
     _quiet_datasets()
     cache_dir = cfg.data.cache_path()
@@ -81,9 +92,6 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> None:
-    from pipeline.rendering import ExemplarPool, Variant, render_example
-    from pipeline.tasks import get_task, load_split
-
     cfg = _config(args)
     _quiet_datasets()
     task = get_task(_tasks(cfg), args.task)
@@ -109,12 +117,10 @@ def cmd_render(args: argparse.Namespace) -> None:
 
 
 def cmd_lint(args: argparse.Namespace) -> None:
-    from pipeline.lint import lint_paths
-
     cfg = _config(args)
     _quiet_datasets()
     paths = [Path(p) for p in args.paths] or [cfg.data.templates_path(), cfg.data.mixtures_path()]
-    problems, checked = lint_paths(paths, cfg)
+    problems, checked = lint_paths(paths, cfg.data, cfg.run.seed)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -123,8 +129,6 @@ def cmd_lint(args: argparse.Namespace) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from pipeline.builtin import fetch_builtin
-
     cfg = _config(args)
     results = fetch_builtin(cfg.data.cache_path(), names=args.sources or None, force=args.force)
     for result in results.values():
@@ -134,8 +138,6 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmarks(args: argparse.Namespace) -> None:
-    from pipeline.benchmarks import fetch_benchmarks, format_fetch_report
-
     cfg = _config(args)
     results = fetch_benchmarks(cfg.data.cache_path(), force=args.force)
     print(format_fetch_report(results, cfg.data.cache_path()))
@@ -144,21 +146,11 @@ def cmd_benchmarks(args: argparse.Namespace) -> None:
 
 
 def cmd_import_promptsource(args: argparse.Namespace) -> None:
-    from pipeline.promptsource import import_promptsource
-
     written = import_promptsource(Path(args.file), out_dir=Path(args.out), task_name=args.task, force=args.force)
     print(f"wrote {written}: check it with `flanpipe lint {written}`")
 
 
 def cmd_mixture(args: argparse.Namespace) -> None:
-    from pipeline.mixing import (
-        MixtureSampler,
-        RegistryStats,
-        format_mixture_report,
-        load_mixture,
-        mixture_report_json,
-    )
-
     cfg = _config(args)
     _quiet_datasets()
     stats = RegistryStats(_tasks(cfg), cfg.data.cache_path(), cfg.data.split_seed)
@@ -172,14 +164,13 @@ def cmd_mixture(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from pipeline.train import train
+    from pipeline.train.loop import train  # torch, transformers: see the module docstring
 
     train(_config(args))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from pipeline.evaluate import base_model_of, evaluate_model, format_scores, write_json_atomically
-    from pipeline.rendering import Variant
+    from pipeline.evaluate.command import base_model_of, evaluate_model  # torch: see the module docstring
 
     cfg = _config(args)
     _quiet_datasets()
@@ -192,17 +183,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from pipeline.report import write_run_report
-
     print(f"wrote {write_run_report(Path(args.run))}")
 
 
 def cmd_forgetting(args: argparse.Namespace) -> None:
-    from pipeline.config import PROJECT_ROOT
-    from pipeline.forgetting import DEFAULT_SEQUENCE, run_experiment, write_report
-
     steps, limit = (10, 8) if args.quick else (args.steps, args.limit)
-    settings = ["-c", str(Path(args.config or PROJECT_ROOT / "configs" / "default.yaml")), *args.overrides]
+    settings = ["-c", str(Path(args.config or SHIPPED_CONFIGS / "default.yaml")), *args.overrides]
     result = run_experiment(Path(args.out), list(args.tasks or DEFAULT_SEQUENCE), steps, settings, limit)
     path = write_report(result, Path(args.out))
     print(path.read_text().split("## What earlier")[0])

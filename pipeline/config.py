@@ -4,7 +4,13 @@
 
 Every field has a default and a one-line docstring (the text after it); values are type-checked against the
 annotations, and an unknown key or a bad value raises `UserError` naming the key and listing the valid ones.
-Runtime state (step, sampler position) never lives here: see `TrainState` in `pipeline.train`.
+Runtime state (step, sampler position) never lives here: see `TrainState` in `pipeline.train.state`.
+
+Each layer takes its own section (`DataConfig` for batching and rendering, `EvalConfig` for the evaluator,
+`TrainConfig` for the loop); only the entry points (`train`, `flanpipe eval`) hold the whole `Config`.
+
+The shipped templates, mixtures and presets travel with the package: `shipped_path` finds them inside an
+installed wheel (`pipeline/shipped/`, copied there by setup.py) or, in a source checkout, beside `pipeline/`.
 """
 
 from __future__ import annotations
@@ -14,14 +20,35 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pipeline.errors import UserError
+import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_TEMPLATES = PROJECT_ROOT / "templates"
-SHIPPED_MIXTURES = PROJECT_ROOT / "task_mixtures"
+from pipeline.errors import UserError
+from pipeline.files import content_hash, read_yaml
+
+
+def shipped_path(name: str) -> Path:
+    """A folder shipped with flanpipe (`templates`, `task_mixtures` or `configs`): the installed package's copy
+    (a wheel), else the source checkout's own (an editable install or a plain checkout)."""
+    packaged = resources.files("pipeline") / "shipped" / name
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / name
+
+
+SHIPPED_TEMPLATES = shipped_path("templates")
+SHIPPED_MIXTURES = shipped_path("task_mixtures")
+SHIPPED_CONFIGS = shipped_path("configs")
+
+
+def project_folder(name: str, marker: str) -> Path | None:
+    """`./<name>` when the working directory holds a flanpipe project folder of that name (one with a
+    `marker` file somewhere below it), so a user's own `templates/` and `task_mixtures/` are found there."""
+    folder = Path(name)
+    return folder if folder.is_dir() and next(folder.glob(marker), None) is not None else None
 
 
 def default_cache_dir() -> Path:
@@ -47,9 +74,9 @@ class RunConfig:
 @dataclass
 class DataConfig:
     templates_dir: str = ""
-    """Folder of task folders; empty means the shipped `templates/`."""
+    """Folder of task folders; empty means `./templates` if it holds task folders, else the shipped ones."""
     mixtures_dir: str = ""
-    """Folder of mixture files; empty means the shipped `task_mixtures/`."""
+    """Folder of mixture files; empty means `./task_mixtures` if it holds mixtures, else the shipped ones."""
     cache_dir: str = ""
     """Downloads and rendered/tokenized data; empty means $FLANPIPE_CACHE or ~/.cache/flanpipe."""
     mixture: str = "default"
@@ -83,10 +110,14 @@ class DataConfig:
             raise UserError(f"data.num_proc must be >= 1, got {self.num_proc}")
 
     def templates_path(self) -> Path:
-        return Path(self.templates_dir) if self.templates_dir else SHIPPED_TEMPLATES
+        if self.templates_dir:
+            return Path(self.templates_dir)
+        return project_folder("templates", "*/task.yaml") or SHIPPED_TEMPLATES
 
     def mixtures_path(self) -> Path:
-        return Path(self.mixtures_dir) if self.mixtures_dir else SHIPPED_MIXTURES
+        if self.mixtures_dir:
+            return Path(self.mixtures_dir)
+        return project_folder("task_mixtures", "**/*.yaml") or SHIPPED_MIXTURES
 
     def cache_path(self) -> Path:
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
@@ -121,7 +152,7 @@ class TrainConfig:
     loss_per: Literal["token", "example", "task"] = "token"
     """`token`: the mean over all target tokens of the global batch (T5's); `example`: the mean over examples
     of each example's mean token loss, so a one-word label weighs as much as a paragraph; `task`: as
-    `example` between tasks, as `token` within each (see `pipeline.train.loss_weights`)."""
+    `example` between tasks, as `token` within each (see `pipeline.train.loss.loss_weights`)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm; 0 = off."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
@@ -189,6 +220,10 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def fingerprint(self) -> str:
+        """A short hash of every setting, recorded in score files beside the scores."""
+        return content_hash(self.to_dict(), length=12)
+
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Build a `Config` from an optional YAML file, then apply `section.key=value` overrides in order."""
@@ -210,8 +245,6 @@ def load_config_dict(values: dict[str, Any], where: str = "saved config") -> Con
 
 
 def _read_yaml_mapping(path: Path) -> dict[str, Any]:
-    from pipeline.files import read_yaml
-
     data = read_yaml(path, "config file")
     if data is None:
         return {}
@@ -222,8 +255,6 @@ def _read_yaml_mapping(path: Path) -> dict[str, Any]:
 
 def _parse_scalar(raw: str) -> Any:
     """Parse an override value as YAML so `3e-4`, `true`, `[a, b]` and `null` mean what they look like."""
-    import yaml
-
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError:

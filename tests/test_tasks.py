@@ -4,7 +4,8 @@ import pytest
 from conftest import SENTIMENT_ROWS, write_task
 
 from pipeline.errors import UserError
-from pipeline.tasks import get_task, load_split, load_splits, load_task, load_tasks
+from pipeline.tasks.splits import load_split, load_splits
+from pipeline.tasks.task import get_task, load_task, load_tasks
 
 ASK = {"ask": "{{ text }}\n|||\n{{ label }}\n"}
 

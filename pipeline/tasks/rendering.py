@@ -18,12 +18,8 @@ second run re-renders nothing and any change re-renders.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import random
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.files import stable_seed
-from pipeline.tasks import Task, load_splits
-from pipeline.templates import Template, render_answer_choices
+from pipeline.files import content_hash, stable_seed, staged_folder
+from pipeline.tasks.splits import load_splits
+from pipeline.tasks.task import Task
+from pipeline.tasks.templates import Template, render_answer_choices
 
 if TYPE_CHECKING:
     import datasets
@@ -247,7 +244,8 @@ def render_split(
             new_fingerprint=key[:40],  # datasets appends a shard suffix with num_proc; 64 characters at most
             desc=f"render {task.name}/{split}/{variant.name}",
         )
-        _save_atomically(rendered, folder)
+        with staged_folder(folder, keep_existing=True) as staging:
+            rendered.save_to_disk(str(staging))
     return datasets.load_from_disk(str(folder))
 
 
@@ -279,21 +277,7 @@ def _cache_key(task: Task, examples: datasets.Dataset, split: str, variant: Vari
         "templates": template_names,
         "limit": limit,
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def _save_atomically(dataset: datasets.Dataset, folder: Path) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        dataset.save_to_disk(str(staging))
-        staging.rename(folder)
-    except OSError:
-        if not folder.exists():  # a concurrent writer that won the race is fine; anything else is not
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
+    return content_hash(parts, length=64)
 
 
 def sample_texts(tasks: Mapping[str, Task], cache_dir: Path, *, per_task: int = 1000, seed: int = 0,
@@ -321,4 +305,4 @@ def texts_fingerprint(tasks: Mapping[str, Task], cache_dir: Path, split_seed: in
     for task in tasks.values():
         if task.available(cache_dir)[0]:
             parts.append([task.name, task.fingerprint, load_splits(task, cache_dir, split_seed)["train"]._fingerprint])
-    return hashlib.sha256(json.dumps([RENDER_FORMAT_VERSION, parts]).encode()).hexdigest()
+    return content_hash(RENDER_FORMAT_VERSION, parts, length=64)

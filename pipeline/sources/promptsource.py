@@ -44,27 +44,27 @@ task folder is replaced only with `force`.
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import unicodedata
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import jinja2.meta
-import jinja2.nodes
 import yaml
 
 from pipeline.errors import UserError
-from pipeline.files import replace_folder
-from pipeline.tasks import KNOWN_METRICS, load_task
-from pipeline.templates import (
+from pipeline.files import staged_folder
+from pipeline.metrics import METRICS
+from pipeline.sources.promptsource_jinja import (
+    check_jinja,
+    scan_tags,
+    split_promptsource_jinja,
+    undeclared_names,
+)
+from pipeline.tasks.task import load_task
+from pipeline.tasks.templates import (
     ENVIRONMENT,
     PROVIDED_VARIABLES,
     SEPARATOR,
     Template,
-    check_template_source,
     format_template_file,
     parse_template,
 )
@@ -83,12 +83,8 @@ DEFAULT_SPLITS = {"train": "train", "validation": "validation"}
 # read `dataset_<name>` instead, and task.yaml's `fields` renames the column (e.g. race's `options`).
 # promptsource itself refuses examples holding `answer_choices`, so no template reads such a field.
 RENAMED_FIELDS = {name: f"dataset_{name}" for name in sorted(PROVIDED_VARIABLES - {"answer_choices"})}
-RANDOM_FILTERS = frozenset({"choice", "random", "shuffle"})
 MAX_SLUG_LENGTH = 64
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-_ENDRAW = re.compile(r"\{%[-+]?\s*endraw\s*[-+]?%\}")
-_TAG_ENDS = {"{{": "}}", "{%": "%}", "{#": "#}"}
-_TAG_START = re.compile(r"\{[{%#]")
 
 
 class _PromptsourceLoader(yaml.SafeLoader):
@@ -193,12 +189,12 @@ def convert_template(raw: dict[str, Any], *, key: str, slug: str, where: str) ->
     """One promptsource template as our Template, checked to round-trip through the file format."""
     answer_choices = raw.get("answer_choices")
     jinja = raw["jinja"]
-    _check_jinja(jinja, where)
+    check_jinja(jinja, where)
     if answer_choices is not None:
         if isinstance(answer_choices, list) and answer_choices and all(isinstance(c, str) for c in answer_choices):
             pass
         elif isinstance(answer_choices, str) and answer_choices.strip():
-            _check_jinja(answer_choices, f"{where}: answer_choices")
+            check_jinja(answer_choices, f"{where}: answer_choices")
             answer_choices = _rename_fields(answer_choices, f"{where}: answer_choices")
         else:
             raise UserError(f"{where}: answer_choices must be a Jinja string 'a ||| b', a list of strings, or null")
@@ -223,14 +219,14 @@ def convert_template(raw: dict[str, Any], *, key: str, slug: str, where: str) ->
 
 def _rename_fields(source: str, where: str) -> str:
     """Rename the data fields in `RENAMED_FIELDS` where the source reads them (names inside tags, not `x.name`)."""
-    undeclared = _undeclared(source, where)
+    undeclared = undeclared_names(source, where)
     for old, new in RENAMED_FIELDS.items():
         if old not in undeclared:
             continue
         if new in undeclared:
             raise UserError(f"{where}: reads both '{old}' and '{new}'; flanpipe renames the field '{old}' to '{new}'")
         parts, last = [], 0
-        for segment in _scan(source, where):
+        for segment in scan_tags(source, where):
             if segment.kind in ("{{", "{%"):
                 tokens, previous = [], ""
                 for _, kind, value in ENVIRONMENT.lex(source[segment.start : segment.end]):
@@ -255,242 +251,6 @@ def _template_metadata(raw: dict[str, Any], key: str, where: str) -> dict[str, A
     kept = {"name": raw["name"], "id": str(raw.get("id") or key), "reference": reference}
     kept |= {k: v for k, v in metadata.items() if k not in kept}
     return {k: v for k, v in kept.items() if v is not None and v != ""}
-
-
-# --- splitting the jinja on its one `|||` -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Segment:
-    kind: str  # "data", "{{", "{%", "{#" or "raw"
-    start: int
-    end: int
-    keyword: str = ""  # first word of a {% %} tag
-
-
-def split_promptsource_jinja(jinja: str, where: str) -> tuple[str, str]:
-    """Split promptsource's jinja at its one `|||` into (input, target) sources that each compile on their own."""
-    _check_jinja(jinja, where)
-    segments = _scan(jinja, where)
-    found = [
-        segment.start + offset
-        for segment in segments
-        if segment.kind == "data"
-        for offset in _occurrences(jinja[segment.start : segment.end], SEPARATOR)
-    ]
-    if len(found) != 1:
-        raise UserError(
-            f"{where}: expected exactly one '{SEPARATOR}' between input and target outside {{{{ }}}}/{{% %}} tags, "
-            f"found {len(found)}; edit the template's jinja so it has one"
-        )
-    position = found[0]
-    input_text, target_text = jinja[:position], jinja[position + len(SEPARATOR) :]
-    if not input_text.strip() or not target_text.strip():
-        side = "input" if not input_text.strip() else "target"
-        raise UserError(f"{where}: the {side} side of '{SEPARATOR}' is empty; edit the template's jinja")
-    before = [s for s in segments if s.end <= position or (s.kind == "data" and s.start <= position)]
-    open_blocks = _open_blocks(jinja, before, where)
-    closers = "".join("{% endif %}" for _ in open_blocks)
-    reopen = "".join(tag for block in open_blocks for tag in block)
-    prelude = reopen
-    if open_blocks or "{%" in input_text:
-        assigned = _assigned_names(_statement_tags(jinja, before) + closers, where)
-        needed = _undeclared(reopen + target_text, where) & assigned
-        if needed:
-            prelude = _statement_tags(jinja, before)
-            why = f"reads {', '.join(sorted(needed))}, set before '{SEPARATOR}'"
-            _refuse_randomness(prelude + closers, where, why)
-        elif reopen:
-            _refuse_randomness(reopen + closers, where, f"is inside an {{% if %}} around '{SEPARATOR}'")
-    return (input_text + closers).strip(), (prelude + target_text).strip()
-
-
-def _occurrences(text: str, needle: str) -> list[int]:
-    """Non-overlapping offsets, as str.split counts them."""
-    offsets, start = [], text.find(needle)
-    while start != -1:
-        offsets.append(start)
-        start = text.find(needle, start + len(needle))
-    return offsets
-
-
-def _scan(source: str, where: str) -> list[_Segment]:
-    """Cut Jinja source into text and tags, the way Jinja's lexer does (strings and brackets inside tags)."""
-    segments: list[_Segment] = []
-    index, length = 0, len(source)
-    while index < length:
-        match = _TAG_START.search(source, index)
-        start, opener = (match.start(), match.group()) if match else (length, "")
-        if start > index:
-            segments.append(_Segment("data", index, start))
-        if not opener:
-            break
-        end = _tag_end(source, start, opener, where)
-        keyword = ""
-        if opener == "{%":
-            words = source[start + 2 : end - 2].strip("-+ \t\n").split()
-            keyword = words[0] if words else ""
-        segments.append(_Segment(opener, start, end, keyword))
-        index = end
-        if keyword == "raw":
-            match = _ENDRAW.search(source, end)
-            if match is None:
-                raise UserError(f"{where}: {{% raw %}} without {{% endraw %}}")
-            segments.append(_Segment("raw", end, match.end()))
-            index = match.end()
-    return segments
-
-
-def _tag_end(source: str, start: int, opener: str, where: str) -> int:
-    closer = _TAG_ENDS[opener]
-    if opener == "{#":
-        end = source.find(closer, start + 2)
-        if end == -1:
-            raise UserError(f"{where}: unterminated {{# comment")
-        return end + 2
-    index, depth, quote = start + 2, 0, ""
-    while index < len(source):
-        char = source[index]
-        if quote:
-            if char == "\\":
-                index += 1
-            elif char == quote:
-                quote = ""
-        elif char in "'\"":
-            quote = char
-        elif depth == 0 and source.startswith(closer, index):
-            return index + 2
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth = max(depth - 1, 0)
-        index += 1
-    raise UserError(f"{where}: unterminated {opener} tag")
-
-
-def _open_blocks(source: str, segments: list[_Segment], where: str) -> list[list[str]]:
-    """The blocks still open where `|||` sits: for each, its opening tag and any elif/else tags so far."""
-    stack: list[tuple[str, list[str]]] = []
-    for segment in segments:
-        if segment.kind != "{%":
-            continue
-        keyword, tag = segment.keyword, source[segment.start : segment.end]
-        if keyword.startswith("end") and stack:
-            stack.pop()
-        elif keyword in ("elif", "else") and stack:
-            stack[-1][1].append(tag)
-        elif _opens_block(keyword, tag):
-            stack.append((keyword, [tag]))
-    for keyword, _ in stack:
-        if keyword != "if":
-            raise UserError(
-                f"{where}: '{SEPARATOR}' sits inside a {{% {keyword} %}} block; only {{% if %}} blocks can be split "
-                f"into input and target; move '{SEPARATOR}' outside it"
-            )
-    return [tags for _, tags in stack]
-
-
-def _opens_block(keyword: str, tag: str) -> bool:
-    if keyword == "set":
-        return "=" not in re.sub(r"(['\"]).*?\1", "", tag)  # `{% set x %}...{% endset %}` is a block
-    return keyword in ("if", "for", "macro", "call", "filter", "with", "block", "autoescape", "trans")
-
-
-def _statement_tags(source: str, segments: list[_Segment]) -> str:
-    """The input's `{% %}` tags without its text, block-sets and macros whole: replays its assignments."""
-    parts: list[str] = []
-    skip_until = -1
-    for index, segment in enumerate(segments):
-        if segment.start < skip_until or segment.kind != "{%":
-            continue
-        tag = source[segment.start : segment.end]
-        if segment.keyword == "raw":  # its text and {% endraw %} are one "raw" segment, skipped with the text
-            continue
-        if segment.keyword in ("macro", "set") and _opens_block(segment.keyword, tag):
-            end = _matching_end(segments[index:], segment.keyword)
-            if end is not None:
-                parts.append(source[segment.start : end])
-                skip_until = end
-                continue
-        parts.append(tag)
-    return "".join(parts)
-
-
-def _matching_end(segments: list[_Segment], keyword: str) -> int | None:
-    depth = 0
-    for segment in segments:
-        if segment.kind == "{%" and segment.keyword in (keyword, f"end{keyword}"):
-            depth += 1 if segment.keyword == keyword else -1
-            if depth == 0:
-                return segment.end
-    return None
-
-
-def _parse(source: str, where: str) -> jinja2.nodes.Template:
-    try:
-        return ENVIRONMENT.parse(source)
-    except jinja2.TemplateSyntaxError as error:
-        raise UserError(
-            f"{where}: the jinja cannot be split at '{SEPARATOR}' ({error.message}); move '{SEPARATOR}' to the top level"
-        ) from None
-
-
-def _assigned_names(source: str, where: str) -> set[str]:
-    names: set[str] = set()
-    for node in _parse(source, where).find_all((jinja2.nodes.Assign, jinja2.nodes.AssignBlock, jinja2.nodes.Macro)):
-        if isinstance(node, jinja2.nodes.Macro):
-            names.add(node.name)
-        else:
-            names |= {n.name for n in node.target.find_all((jinja2.nodes.Name, jinja2.nodes.NSRef))}
-            if isinstance(node.target, jinja2.nodes.Name | jinja2.nodes.NSRef):
-                names.add(node.target.name)
-    return names
-
-
-def _undeclared(source: str, where: str) -> set[str]:
-    return set(jinja2.meta.find_undeclared_variables(_parse(source, where)))
-
-
-def _refuse_randomness(source: str, where: str, why: str) -> None:
-    for node in _parse(source, where).find_all(jinja2.nodes.Filter):
-        if node.name in RANDOM_FILTERS:
-            raise UserError(
-                f"{where}: the target {why}, which draws with the '{node.name}' filter; flanpipe renders input and "
-                f"target separately, so the two draws would differ; edit the template to draw in one side only"
-            )
-
-
-# --- checks --------------------------------------------------------------------------------------------
-
-
-def _check_jinja(source: str, where: str) -> None:
-    """Syntax, the sandbox's refusals, and helpers our environment lacks: errors at import, not at render."""
-    try:
-        ast = ENVIRONMENT.parse(source)
-    except jinja2.TemplateSyntaxError as error:
-        raise UserError(f"{where}: Jinja syntax error at line {error.lineno}: {error.message}") from None
-    check_template_source(source, where, "jinja")
-    missing = ""
-    for node in ast.find_all((jinja2.nodes.Filter, jinja2.nodes.Test)):
-        if isinstance(node, jinja2.nodes.Filter) and node.name not in ENVIRONMENT.filters:
-            missing = f"the filter '{node.name}'"
-        elif isinstance(node, jinja2.nodes.Test) and node.name not in ENVIRONMENT.tests:
-            missing = f"the test '{node.name}'"
-        if missing:
-            break
-    else:  # only now can Jinja work out the undeclared names (it compiles, and fails on unknown filters)
-        undeclared = jinja2.meta.find_undeclared_variables(ast)  # leaves out the environment's globals
-        for node in ast.find_all(jinja2.nodes.Call):
-            # Data fields are never callable, so calling an undeclared name means a helper we lack (e.g. zip).
-            name = node.node.name if isinstance(node.node, jinja2.nodes.Name) else ""
-            if name in undeclared:
-                missing = f"the function '{name}()'"
-                break
-    if missing:
-        raise UserError(
-            f"{where}: uses {missing}, which flanpipe's template environment does not provide "
-            "(see pipeline.templates.make_environment); edit the template or add the helper there"
-        )
 
 
 def _check_task_name(name: str, file: Path) -> str:
@@ -544,30 +304,21 @@ def _task_yaml(
     if fields:
         spec["fields"] = fields
     if metrics:
-        spec["metrics"] = [metric for metric in KNOWN_METRICS if metric in metrics]
+        spec["metrics"] = [metric for metric in METRICS if metric in metrics]
     body = yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, allow_unicode=True, width=1000)
     return "\n".join(header) + "\n" + body
 
 
 def _write_atomically(folder: Path, files: dict[str, str], force: bool) -> None:
-    """Write into a temporary folder beside the target, check it loads, then rename it into place."""
+    """Write into a staged folder, check that it loads, then rename it into place."""
+    if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+        raise UserError(f"{folder}: exists and is not a folder; remove it first")
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        # A folder *inside* a hidden temp folder: a crash leaves no half-written task where load_tasks looks.
-        scratch = Path(tempfile.mkdtemp(prefix=".import-promptsource-", dir=folder.parent))
+        with staged_folder(folder) as staging:
+            for name, text in files.items():
+                (staging / name).write_text(text, encoding="utf-8")
+            load_task(staging)
+            if folder.exists() and not force:
+                raise UserError(f"{folder}: task folder already exists; pass --force to overwrite it, or --task NAME")
     except OSError as error:
         raise UserError(f"{folder.parent}: cannot write the task folder there ({error})") from None
-    try:
-        staging = scratch / folder.name
-        staging.mkdir()
-        for name, text in files.items():
-            (staging / name).write_text(text, encoding="utf-8")
-        load_task(staging)
-        if folder.exists() or folder.is_symlink():
-            if not force:
-                raise UserError(f"{folder}: task folder already exists; pass --force to overwrite it, or --task NAME")
-            if not folder.is_dir():
-                raise UserError(f"{folder}: exists and is not a folder; remove it first")
-        replace_folder(staging, folder)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

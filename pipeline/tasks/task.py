@@ -1,18 +1,14 @@
-"""Tasks: a folder of `task.yaml` + `*.jinja` templates, its data source, its splits, and the registry.
+"""The task record: a folder of `task.yaml` + `*.jinja` templates, checked, and the registry of task folders.
 
     tasks = load_tasks(Path("templates"))           # name -> Task, every folder holding a task.yaml
-    train = load_split(tasks["sentiment"], "train", cache_dir)
+    task = get_task(tasks, "sentiment")
 
-A task's data comes from a hub dataset (`source: {path: super_glue, name: rte}`: kwargs for
-`datasets.load_dataset`), local files (`source: {files: data.jsonl}`, paths relative to the task folder), or a
-built-in reader over packaged text (`source: {builtin: sentiment}`, fetched by `flanpipe data`). Splits the
-source lacks are carved from train, deterministically by `split_seed` and the task name, and disjointly.
+A task's data (its source and splits) is loaded by `pipeline.tasks.splits`; this module only reads and checks
+what task.yaml declares. The format is in the README ("Write a task"); `TASK_KEYS` lists every key.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,8 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import UserError
-from pipeline.files import read_yaml, stable_seed
-from pipeline.templates import Template, load_template
+from pipeline.files import content_hash, read_yaml
+from pipeline.metrics import METRICS, NORMALIZERS
+from pipeline.sources.builtin import builtin_data_path
+from pipeline.sources.builtin_sources import BUILTIN_SOURCES
+from pipeline.tasks.templates import Template, load_template
 
 if TYPE_CHECKING:
     import datasets
@@ -45,7 +44,6 @@ TASK_KEYS = {
 SOURCE_KINDS = ("path", "files", "builtin")
 FILE_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 DEFAULT_CARVE = {"validation": 0.05, "test": 0.05}
-KNOWN_METRICS = ("accuracy", "exact_match", "rouge", "bleu", "rank_classification")
 
 
 def _strip(batch: dict[str, list]) -> dict[str, list]:
@@ -125,12 +123,9 @@ class Task:
     @cached_property
     def fingerprint(self) -> str:
         """Hash of task.yaml and every template's text: part of every cache key built from this task."""
-        digest = hashlib.sha256(self.yaml_text.encode())
-        for name in sorted(self.templates):
-            template = self.templates[name]
-            digest.update(f"\0{name}\0{template.input_source}\0{template.target_source}\0".encode())
-            digest.update(repr((template.answer_choices, template.inversion)).encode())
-        return digest.hexdigest()
+        templates = [(name, t.input_source, t.target_source, t.answer_choices, t.inversion)
+                     for name, t in sorted(self.templates.items())]
+        return content_hash(self.yaml_text, templates, length=64)
 
     def template(self, name: str) -> Template:
         if name not in self.templates:
@@ -140,8 +135,6 @@ class Task:
     def available(self, cache_dir: Path) -> tuple[bool, str]:
         """Whether the data can be loaded now, and if not, how to get it."""
         if "builtin" in self.source:
-            from pipeline.builtin import BUILTIN_SOURCES, builtin_data_path
-
             name = self.source["builtin"]
             if builtin_data_path(cache_dir, name).exists():
                 return True, ""
@@ -175,8 +168,8 @@ def load_task(folder: Path) -> Task:
     carve = _check_carve(spec, splits, yaml_path)
     metrics = tuple(_check_list(spec, "metrics", yaml_path))
     for metric in metrics:
-        if metric not in KNOWN_METRICS:
-            raise UserError(f"{yaml_path}: metrics: unknown metric {metric!r}; valid: {', '.join(KNOWN_METRICS)}")
+        if metric not in METRICS:
+            raise UserError(f"{yaml_path}: metrics: unknown metric {metric!r}; valid: {', '.join(METRICS)}")
     preprocess = tuple(_check_list(spec, "preprocess", yaml_path))
     for step in preprocess:
         if step not in PREPROCESSORS:
@@ -191,8 +184,6 @@ def load_task(folder: Path) -> Task:
     if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
         raise UserError(f"{yaml_path}: cap must be an integer >= 1, got {cap!r}")
     normalize = spec.get("normalize", "squad")
-    from pipeline.metrics import NORMALIZERS
-
     if normalize not in NORMALIZERS:
         raise UserError(f"{yaml_path}: normalize: unknown normaliser {normalize!r}; valid: {', '.join(NORMALIZERS)}")
     for flag in ("held_out", "shuffle_options"):
@@ -227,8 +218,6 @@ def _check_source(source: Any, yaml_path: Path) -> dict[str, Any]:
     if not isinstance(source, dict) or sum(kind in source for kind in SOURCE_KINDS) != 1:
         raise UserError(f"{yaml_path}: source must have exactly one of {', '.join(SOURCE_KINDS)}; got {source!r}")
     if "builtin" in source:
-        from pipeline.builtin import BUILTIN_SOURCES
-
         if source["builtin"] not in BUILTIN_SOURCES:
             known = ", ".join(BUILTIN_SOURCES)
             raise UserError(f"{yaml_path}: source.builtin: unknown built-in {source['builtin']!r}; known: {known}")
@@ -278,106 +267,3 @@ def get_task(tasks: dict[str, Task], name: str) -> Task:
     if name not in tasks:
         raise UserError(f"unknown task {name!r}; known tasks: {', '.join(tasks) or '(none)'}")
     return tasks[name]
-
-
-# --- data -------------------------------------------------------------------------------------------------
-
-
-def load_source(task: Task, cache_dir: Path) -> datasets.DatasetDict:
-    """The task's data as a DatasetDict keyed by *our* split names, before carving and preprocessing."""
-    import datasets
-
-    source = dict(task.source)
-    if "builtin" in source:
-        available, why = task.available(cache_dir)
-        if not available:
-            raise UserError(f"task {task.name!r}: {why}")
-        from pipeline.builtin import builtin_data_path
-
-        path = builtin_data_path(cache_dir, source.pop("builtin"))
-        loaded = datasets.load_dataset("json", data_files={"train": str(path)}, **source)
-    elif "files" in source:
-        files = source.pop("files")
-        data_files = _resolve_files(files, task)
-        suffixes = {Path(p).suffix for paths in data_files.values() for p in paths}
-        if len(suffixes) != 1 or next(iter(suffixes)) not in FILE_FORMATS:
-            raise UserError(
-                f"{task.yaml_path}: source.files: use one file type among {', '.join(FILE_FORMATS)}, got {suffixes}"
-            )
-        builder = source.pop("format", None) or FILE_FORMATS[suffixes.pop()]
-        loaded = datasets.load_dataset(builder, data_files=data_files, **source)
-    else:
-        try:
-            loaded = datasets.load_dataset(**source)
-        except Exception as error:  # the hub or the path is wrong: say which task and what it tried
-            raise UserError(
-                f"{task.yaml_path}: datasets.load_dataset({source}) failed: {type(error).__name__}: {error}"
-            ) from None
-    if not isinstance(loaded, datasets.DatasetDict):
-        loaded = datasets.DatasetDict({"train": loaded})
-    renamed = {}
-    for ours, theirs in task.splits.items():
-        if theirs not in loaded:
-            raise UserError(
-                f"{task.yaml_path}: splits.{ours}: the source has no split {theirs!r}; it has {', '.join(loaded)}"
-            )
-        renamed[ours] = loaded[theirs]
-    return datasets.DatasetDict(renamed)
-
-
-def _resolve_files(files: Any, task: Task) -> dict[str, list[str]]:
-    if not isinstance(files, dict):
-        files = {task.splits.get("train", "train"): files}
-    resolved = {}
-    for split, paths in files.items():
-        paths = [paths] if isinstance(paths, str) else list(paths)
-        resolved[split] = []
-        for path in paths:
-            full = Path(path) if Path(path).is_absolute() else task.folder / path
-            if not full.exists():
-                raise UserError(f"{task.yaml_path}: source.files: {path} not found (relative paths start at {task.folder})")
-            resolved[split].append(str(full))
-    return resolved
-
-
-def load_splits(task: Task, cache_dir: Path, split_seed: int = 0) -> datasets.DatasetDict:
-    """All of train/validation/test for a task: field mapping, preprocessing, then carving of missing splits."""
-    import datasets
-    import numpy as np
-
-    splits = load_source(task, cache_dir)
-    for ours, theirs in task.fields.items():
-        for name, dataset in splits.items():
-            if theirs not in dataset.column_names:
-                raise UserError(
-                    f"{task.yaml_path}: fields.{ours}: no column {theirs!r} in split {name!r}; "
-                    f"columns: {', '.join(dataset.column_names)}"
-                )
-            splits[name] = dataset.rename_column(theirs, ours) if ours != theirs else dataset
-    for step in task.preprocess:
-        splits = datasets.DatasetDict({name: PREPROCESSORS[step](ds) for name, ds in splits.items()})
-    if task.carve:
-        train = splits["train"]
-        # Seeded by the *source*, not the task name: two tasks over the same data (en→es and es→en) carve
-        # the same held-out examples, so neither trains on the other's test set.
-        rng = np.random.default_rng(stable_seed(split_seed, json.dumps(task.source, sort_keys=True), "carve"))
-        order = rng.permutation(len(train))
-        start = 0
-        for split, amount in sorted(task.carve.items()):
-            size = int(round(amount * len(train))) if amount < 1 else int(amount)
-            splits[split] = train.select(np.sort(order[start : start + size]))
-            start += size
-        if start >= len(train):
-            raise UserError(f"{task.yaml_path}: carve takes {start} of {len(train)} train examples; ask for less")
-        splits["train"] = train.select(np.sort(order[start:]))
-    return splits
-
-
-def load_split(task: Task, split: str, cache_dir: Path, split_seed: int = 0) -> datasets.Dataset:
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    splits = load_splits(task, cache_dir, split_seed)
-    if split not in splits:
-        raise UserError(f"task {task.name!r} has no {split!r} split; add it to splits or carve in {task.yaml_path}")
-    return splits[split]
-

@@ -1,0 +1,175 @@
+"""The evaluator: each evaluated task's rows, and what the model makes of them (losses, generations, scores).
+
+    evaluator = Evaluator(tasks, names, batcher, cfg.eval, cfg.data, seed=cfg.run.seed)
+    evaluator.validation_losses(accelerator, model)     # task -> teacher-forced loss
+    evaluator.scores(accelerator, model)                # task -> {"n", "loss", "metrics": {name: score}}
+
+The rows of a task's evaluation set are its validation (or test) examples rendered zero-shot (or few-shot),
+example `i` under forward template `i mod T`, so every phrasing is scored without multiplying the cost by T.
+Rows are split over processes and the results gathered, so scores do not depend on the number of processes.
+Each task is scored by the metrics its task.yaml declares (`pipeline.metrics`): generation metrics on greedy
+(or beam) outputs, and rank classification over the answer choices (`pipeline.evaluate.scoring`). The model
+is the prepared (wrapped) one; everything runs through `pipeline.forward`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.config import DataConfig, EvalConfig
+from pipeline.data.batcher import Batcher
+from pipeline.data.collate import LABEL_PAD
+from pipeline.evaluate.scoring import rank_classification_scores
+from pipeline.files import content_hash, write_json_atomically
+from pipeline.forward import generate, token_losses
+from pipeline.metrics import MODEL_METRICS, compute_metrics, rank_classification
+from pipeline.tasks.rendering import ZERO_SHOT, RenderedExample, Variant, render_split
+from pipeline.tasks.task import Task
+
+SCORES_FORMAT = 2  # bump when `Evaluator.scores` returns other fields (2: per-task "loss"), so old caches miss
+SAMPLE_COLUMNS = ["task", "template", "input", "target", "prediction"]
+
+
+def evaluation_rows(task: Task, split: str, data: DataConfig, seed: int, limit: int | None,
+                    variant: Variant = ZERO_SHOT) -> list[RenderedExample]:
+    """Rows of a split, one forward template per example (rotating over the templates)."""
+    templates = [t.name for t in task.forward_templates]
+    rendered = render_split(
+        task, split, cache_dir=data.cache_path(), seed=seed, templates=templates, variant=variant,
+        k=data.few_shot_k, max_input_length=data.max_input_length, split_seed=data.split_seed,
+        limit=limit or None,
+    )
+    count = len(templates)
+    picks = [i * count + i % count for i in range(len(rendered) // count)]
+    return [
+        RenderedExample(row["task"], row["template"], row["index"], row["input"], row["target"], tuple(row["choices"]))
+        for row in rendered.select(picks)
+    ]
+
+
+def _on_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+
+
+class Evaluator:
+    """Holds each evaluated task's rows; computes validation losses, generations and per-task scores."""
+
+    def __init__(self, tasks: dict[str, Task], names: Sequence[str], batcher: Batcher, settings: EvalConfig,
+                 data: DataConfig, seed: int = 0, split: str = "validation", limit: int | None = None,
+                 variant: Variant = ZERO_SHOT):
+        self.settings = settings
+        self.data = data
+        self.batcher = batcher
+        self.tokenizer = batcher.tokenizer
+        self.tasks = {name: tasks[name] for name in names}
+        limit = settings.max_examples if limit is None else limit
+        self.rows = {name: evaluation_rows(tasks[name], split, data, seed, limit, variant) for name in names}
+
+    @torch.no_grad()
+    def scores(self, accelerator: Any, model: Any, progress: bool = False) -> dict[str, dict[str, Any]]:
+        """Per task: {"n": examples, "loss": validation loss, "metrics": {name: score}} by the metrics its
+        task.yaml declares (scores 0-100, higher is better; the loss is teacher-forced, lower is better)."""
+        results = {}
+        losses = self.validation_losses(accelerator, model)
+        bar = tqdm(self.rows.items(), desc="evaluate", unit="task",
+                   disable=not (progress and accelerator.is_local_main_process))
+        for name, rows in bar:
+            bar.set_postfix_str(name)
+            task = self.tasks[name]
+            metrics: dict[str, float] = {}
+            generation_metrics = [m for m in task.metrics if m not in MODEL_METRICS]
+            if generation_metrics:
+                predictions = self.generate(accelerator, model, [row.input for row in rows],
+                                            max_new_tokens=self.answer_length(rows))
+                metrics.update(compute_metrics(generation_metrics, predictions, [row.target for row in rows],
+                                               normalize=task.normalize))
+            if "rank_classification" in task.metrics and all(row.choices for row in rows):
+                metrics.update(self.rank_classification(accelerator, model, rows))
+            results[name] = {"n": len(rows), "loss": losses[name], "metrics": metrics}
+        return results
+
+    def rank_classification(self, accelerator: Any, model: Any, rows: Sequence[RenderedExample]
+                            ) -> dict[str, float]:
+        """Rank accuracy over each row's answer choices, the rows split over processes."""
+        with accelerator.split_between_processes(list(rows)) as shard:
+            local = rank_classification_scores(
+                model, self.tokenizer, [r.input for r in shard], [list(r.choices) for r in shard],
+                batch_size=self.settings.batch_size, max_input_length=self.data.max_input_length,
+                max_target_length=self.data.max_target_length,
+            )
+        scores = accelerator.gather_for_metrics(local, use_gather_object=True) if accelerator.num_processes > 1 else local
+        gold = [list(row.choices).index(row.target) for row in rows]
+        return rank_classification(scores, gold)
+
+    @torch.no_grad()
+    def validation_losses(self, accelerator: Any, model: Any, other_inputs: bool = False) -> dict[str, float]:
+        """Mean target-token cross-entropy per task (teacher forcing). With `other_inputs`, each target is
+        scored after the next example's input (same task, rotated by one): how much worse that is measures
+        how much the model reads its input rather than guessing the task's typical answer."""
+        model.eval()
+        losses = {}
+        for task, rows in self.rows.items():
+            if other_inputs:
+                inputs = [row.input for row in rows[1:] + rows[:1]]
+                rows = [dataclasses.replace(row, input=text) for row, text in zip(rows, inputs, strict=True)]
+            total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+            with accelerator.split_between_processes(rows) as shard:
+                for start in range(0, len(shard), self.settings.batch_size):
+                    batch = self.batcher.collate(shard[start : start + self.settings.batch_size])
+                    batch = _on_device(batch, accelerator.device)
+                    per_token = token_losses(model(batch), batch["labels"])
+                    total += torch.stack([per_token.sum().double(), (batch["labels"] != LABEL_PAD).sum().double()])
+            total = accelerator.reduce(total, "sum")
+            losses[task] = float(total[0] / total[1].clamp(min=1))
+        return losses
+
+    def answer_length(self, rows: Sequence[RenderedExample]) -> int:
+        """New tokens to generate for a task: its longest target plus a margin, within eval.max_new_tokens.
+        (An untrained model never stops by itself; a yes/no task need not pay for 48 decoding steps.)"""
+        longest = max(len(ids) for ids in self.tokenizer([row.target for row in rows], add_special_tokens=False)["input_ids"])
+        return min(self.settings.max_new_tokens, longest + 4)
+
+    def cached_scores(self, accelerator: Any, model: Any, model_id: str) -> dict[str, dict[str, Any]]:
+        """`scores`, cached under a key of the model and the exact rows and decoding (for base models,
+        whose scores every report shows and which never change)."""
+        key = content_hash(SCORES_FORMAT, model_id, dataclasses.asdict(self.settings), self.data.max_input_length,
+                           {task: [(r.input, r.target, r.choices) for r in rows] for task, rows in self.rows.items()},
+                           length=20)
+        path = self.data.cache_path() / "eval" / f"scores-{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        results = self.scores(accelerator, model, progress=True)
+        if accelerator.is_main_process:
+            write_json_atomically(path, results)
+        return results
+
+    @torch.no_grad()
+    def generate(self, accelerator: Any, model: Any, inputs: Sequence[str], max_new_tokens: int | None = None
+                 ) -> list[str]:
+        """Greedy (or beam) generations for `inputs`, computed across processes, in input order."""
+        model.eval()
+        outputs: list[str] = []
+        with accelerator.split_between_processes(list(inputs)) as shard:
+            for start in range(0, len(shard), self.settings.batch_size):
+                encoded = self.batcher.encode_inputs(shard[start : start + self.settings.batch_size])
+                generated = generate(model, _on_device(encoded, accelerator.device),
+                                     max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
+                                     num_beams=self.settings.num_beams)
+                outputs.extend(self.tokenizer.batch_decode(generated, skip_special_tokens=True))
+        if accelerator.num_processes > 1:
+            outputs = accelerator.gather_for_metrics(outputs, use_gather_object=True)
+        return [text.strip() for text in outputs]
+
+    def samples(self, accelerator: Any, model: Any) -> list[list[str]]:
+        """A few generations per task, as rows of `SAMPLE_COLUMNS` (every process computes, all get them)."""
+        picked = [row for rows in self.rows.values() for row in rows[: self.settings.samples]]
+        if not picked:
+            return []
+        predictions = self.generate(accelerator, model, [row.input for row in picked])
+        return [[r.task, r.template, r.input, r.target, p] for r, p in zip(picked, predictions, strict=True)]

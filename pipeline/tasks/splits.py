@@ -1,0 +1,123 @@
+"""A task's data: its source (a hub dataset, local files or a built-in reader), field renames, preprocessing,
+and the train/validation/test splits, carving the ones the source lacks.
+
+    train = load_split(task, "train", cache_dir)
+    splits = load_splits(task, cache_dir, split_seed=0)      # DatasetDict with every split
+
+A task's data comes from a hub dataset (`source: {path: super_glue, name: rte}`: kwargs for
+`datasets.load_dataset`), local files (`source: {files: data.jsonl}`, paths relative to the task folder), or a
+built-in reader over packaged text (`source: {builtin: sentiment}`, fetched by `flanpipe data`). Splits the
+source lacks are carved from train, deterministically by `split_seed` and the task's source, and disjointly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import UserError
+from pipeline.files import stable_seed
+from pipeline.sources.builtin import builtin_data_path
+from pipeline.tasks.task import FILE_FORMATS, PREPROCESSORS, SPLITS, Task
+
+if TYPE_CHECKING:
+    import datasets
+
+
+def load_source(task: Task, cache_dir: Path) -> datasets.DatasetDict:
+    """The task's data as a DatasetDict keyed by *our* split names, before carving and preprocessing."""
+    import datasets
+
+    source = dict(task.source)
+    if "builtin" in source:
+        available, why = task.available(cache_dir)
+        if not available:
+            raise UserError(f"task {task.name!r}: {why}")
+        path = builtin_data_path(cache_dir, source.pop("builtin"))
+        loaded = datasets.load_dataset("json", data_files={"train": str(path)}, **source)
+    elif "files" in source:
+        files = source.pop("files")
+        data_files = _resolve_files(files, task)
+        suffixes = {Path(p).suffix for paths in data_files.values() for p in paths}
+        if len(suffixes) != 1 or next(iter(suffixes)) not in FILE_FORMATS:
+            raise UserError(
+                f"{task.yaml_path}: source.files: use one file type among {', '.join(FILE_FORMATS)}, got {suffixes}"
+            )
+        builder = source.pop("format", None) or FILE_FORMATS[suffixes.pop()]
+        loaded = datasets.load_dataset(builder, data_files=data_files, **source)
+    else:
+        try:
+            loaded = datasets.load_dataset(**source)
+        except Exception as error:  # the hub or the path is wrong: say which task and what it tried
+            raise UserError(
+                f"{task.yaml_path}: datasets.load_dataset({source}) failed: {type(error).__name__}: {error}"
+            ) from None
+    if not isinstance(loaded, datasets.DatasetDict):
+        loaded = datasets.DatasetDict({"train": loaded})
+    renamed = {}
+    for ours, theirs in task.splits.items():
+        if theirs not in loaded:
+            raise UserError(
+                f"{task.yaml_path}: splits.{ours}: the source has no split {theirs!r}; it has {', '.join(loaded)}"
+            )
+        renamed[ours] = loaded[theirs]
+    return datasets.DatasetDict(renamed)
+
+
+def _resolve_files(files: Any, task: Task) -> dict[str, list[str]]:
+    if not isinstance(files, dict):
+        files = {task.splits.get("train", "train"): files}
+    resolved = {}
+    for split, paths in files.items():
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        resolved[split] = []
+        for path in paths:
+            full = Path(path) if Path(path).is_absolute() else task.folder / path
+            if not full.exists():
+                raise UserError(f"{task.yaml_path}: source.files: {path} not found (relative paths start at {task.folder})")
+            resolved[split].append(str(full))
+    return resolved
+
+
+def load_splits(task: Task, cache_dir: Path, split_seed: int = 0) -> datasets.DatasetDict:
+    """All of train/validation/test for a task: field mapping, preprocessing, then carving of missing splits."""
+    import datasets
+    import numpy as np
+
+    splits = load_source(task, cache_dir)
+    for ours, theirs in task.fields.items():
+        for name, dataset in splits.items():
+            if theirs not in dataset.column_names:
+                raise UserError(
+                    f"{task.yaml_path}: fields.{ours}: no column {theirs!r} in split {name!r}; "
+                    f"columns: {', '.join(dataset.column_names)}"
+                )
+            splits[name] = dataset.rename_column(theirs, ours) if ours != theirs else dataset
+    for step in task.preprocess:
+        splits = datasets.DatasetDict({name: PREPROCESSORS[step](ds) for name, ds in splits.items()})
+    if task.carve:
+        train = splits["train"]
+        # Seeded by the *source*, not the task name: two tasks over the same data (en→es and es→en) carve
+        # the same held-out examples, so neither trains on the other's test set.
+        rng = np.random.default_rng(stable_seed(split_seed, json.dumps(task.source, sort_keys=True), "carve"))
+        order = rng.permutation(len(train))
+        start = 0
+        for split, amount in sorted(task.carve.items()):
+            size = int(round(amount * len(train))) if amount < 1 else int(amount)
+            splits[split] = train.select(np.sort(order[start : start + size]))
+            start += size
+        if start >= len(train):
+            raise UserError(f"{task.yaml_path}: carve takes {start} of {len(train)} train examples; ask for less")
+        splits["train"] = train.select(np.sort(order[start:]))
+    return splits
+
+
+def load_split(task: Task, split: str, cache_dir: Path, split_seed: int = 0) -> datasets.Dataset:
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    splits = load_splits(task, cache_dir, split_seed)
+    if split not in splits:
+        raise UserError(f"task {task.name!r} has no {split!r} split; add it to splits or carve in {task.yaml_path}")
+    return splits[split]
+

@@ -1,0 +1,92 @@
+"""Training logs: per-task loss sums and counts between log lines (`LogWindow`), and the line itself (`log_step`).
+
+Every value is reduced over processes before it is logged, so a log line describes the global batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from pipeline.data.tokenize import TruncationStats
+from pipeline.forward import example_loss_sums
+from pipeline.mixing.sampler import MixtureSampler
+
+
+class LogWindow:
+    """Per-task loss sums and counts since the last log line, reduced over processes when flushed."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.tokens: dict[str, int] = defaultdict(int)
+        self.examples: dict[str, int] = defaultdict(int)
+        self.real_tokens = self.all_tokens = 0
+        self.started = time.perf_counter()
+        self._step_sum = 0.0
+        self._step_tokens = 0
+        self._step_real = 0
+
+    def add(self, micro_batch: dict[str, Any], per_token: torch.Tensor) -> None:
+        sums, counts = example_loss_sums(per_token.detach(), micro_batch)
+        per_example_sum, per_example_tokens = sums.tolist(), [int(c) for c in counts.tolist()]
+        for task, loss_sum, tokens in zip(micro_batch["task"], per_example_sum, per_example_tokens, strict=True):
+            self.sums[task] += loss_sum
+            self.tokens[task] += tokens
+            self.examples[task] += 1
+        self._step_sum += sum(per_example_sum)
+        self._step_tokens += sum(per_example_tokens)
+        self._step_real += int(micro_batch["real_tokens"])
+        self.real_tokens += int(micro_batch["real_tokens"])
+        self.all_tokens += int(micro_batch["all_tokens"])
+
+    def last_step_loss(self, accelerator: Accelerator) -> float:
+        totals = accelerator.reduce(torch.tensor([self._step_sum, float(self._step_tokens)]), "sum")
+        self._step_sum, self._step_tokens = 0.0, 0
+        return float(totals[0] / max(1.0, float(totals[1])))
+
+    def step_real_tokens(self, accelerator: Accelerator) -> int:
+        total = int(accelerator.reduce(torch.tensor(self._step_real), "sum"))
+        self._step_real = 0
+        return total
+
+    def flush(self, accelerator: Accelerator) -> dict[str, float]:
+        names = sorted(self.sums)
+        names = accelerator.gather_for_metrics(names, use_gather_object=True) if accelerator.num_processes > 1 else names
+        names = sorted(set(names))
+        local = torch.tensor(
+            [[self.sums.get(n, 0.0), self.tokens.get(n, 0), self.examples.get(n, 0)] for n in names]
+            + [[float(self.real_tokens), float(self.all_tokens), 0.0]],
+            dtype=torch.float64,
+        )
+        totals = accelerator.reduce(local, "sum")
+        values: dict[str, float] = {}
+        loss_sum = token_count = 0.0
+        for name, (task_sum, task_tokens, task_examples) in zip(names, totals[:-1].tolist(), strict=True):
+            values[f"train/loss/{name}"] = task_sum / max(1.0, task_tokens)
+            values[f"train/examples/{name}"] = task_examples
+            loss_sum, token_count = loss_sum + task_sum, token_count + task_tokens
+        real, padded, _ = totals[-1].tolist()
+        elapsed = time.perf_counter() - self.started
+        values["train/loss"] = loss_sum / max(1.0, token_count)
+        values["train/padding_efficiency"] = real / max(1.0, padded)
+        values["train/tokens_per_second"] = real / max(1e-9, elapsed)
+        self.__init__()
+        return values
+
+
+def log_step(accelerator: Accelerator, step: int, tokens_seen: int, window: LogWindow, sampler: MixtureSampler,
+             scheduler: Any, truncation: TruncationStats) -> None:
+    """Blended and per-task loss and counts, realized shares, lr, tokens/s, padding, truncation (collective)."""
+    values = window.flush(accelerator)
+    values["train/lr"] = scheduler.get_last_lr()[0]
+    values["train/tokens_seen"] = tokens_seen
+    # `truncation` counts this process since it started; summed over processes here
+    counts = accelerator.reduce(torch.tensor([truncation.inputs_truncated, truncation.targets_truncated]), "sum")
+    values["train/truncated_inputs"], values["train/truncated_targets"] = counts.tolist()
+    for task, share in sampler.realized_shares().items():
+        values[f"mixture/realized/{task}"] = share
+    accelerator.log(values, step=step)

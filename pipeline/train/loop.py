@@ -1,0 +1,246 @@
+"""The training loop: `train(cfg)` tunes a model on a mixture with Accelerate, on one CPU, one GPU or many.
+
+    flanpipe train [preset.yaml] train.max_steps=200 data.mixture=default
+    accelerate launch --multi_gpu --num_processes 2 -m pipeline.cli train ...   (also works on CPU: gloo)
+    torchrun --standalone --nproc_per_node 2 -m pipeline.cli train ...
+
+Read top to bottom: setup, the loop, cleanup. Side concerns are named helpers, most in their own modules
+(`runtime`, `state`, `log_window`, `loss`, `feed`). Every global batch is drawn identically on every process by
+the mixture sampler and each process takes its slice, so the data order (and, up to float summation order, the
+loss) does not depend on the number of processes. The loss is normalised over the global batch's target tokens
+(`train.loss_per`), whatever the split over processes and micro-batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from pipeline.checkpoints import find_resume_checkpoint
+from pipeline.config import Config, TrainConfig
+from pipeline.data.batcher import Batcher
+from pipeline.errors import UserError
+from pipeline.evaluate.evaluator import SAMPLE_COLUMNS, Evaluator
+from pipeline.evaluate.results import add_base
+from pipeline.files import staged_folder, write_json_atomically
+from pipeline.forward import Seq2SeqLogits, example_loss_sums, inner_model, token_losses
+from pipeline.mixing.sampler import MixtureSampler
+from pipeline.mixing.tree import RegistryStats, load_mixture
+from pipeline.modeling import load_model
+from pipeline.sources.benchmarks import refuse_training_on_benchmarks
+from pipeline.tasks.task import load_tasks
+from pipeline.tracking import log_samples
+from pipeline.train.feed import TrainingFeed
+from pipeline.train.log_window import LogWindow, log_step
+from pipeline.train.loss import loss_weights
+from pipeline.train.runtime import StopSignal, check_writable, make_accelerator, make_optimizer
+from pipeline.train.state import TrainState, flat_config, resume, save
+
+
+class _TiedWeightsNotice(logging.Filter):
+    """accelerate warns on every save that T5's tied embeddings were stored once; that is expected here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNotice())
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Run (or resume) a training run; returns the end-of-run summary."""
+    # --- setup ---------------------------------------------------------------------------------------------
+    run_dir = cfg.run.path()
+    check_writable(run_dir)
+    accelerator, tracker_kwargs = make_accelerator(cfg, run_dir)
+    set_seed(cfg.run.seed)
+    tasks = load_tasks(cfg.data.templates_path())
+    with accelerator.main_process_first():  # one process builds data caches and the default model
+        stats = RegistryStats(tasks, cfg.data.cache_path(), cfg.data.split_seed)
+        mixture = load_mixture(cfg.data.mixture, stats, cfg.data.mixtures_path())
+        refuse_training_on_benchmarks([tasks[name] for name in mixture.shares])
+        model, tokenizer = load_model(cfg.model, cfg.data)
+        start_token = model.config.decoder_start_token_id
+        feed = TrainingFeed(tasks, list(mixture.shares), Batcher(tokenizer, cfg.data, start_token), cfg.data,
+                            cfg.run.seed)
+        evaluator = Evaluator(tasks, [*mixture.shares, *mixture.held_out], Batcher(tokenizer, cfg.data, start_token),
+                              cfg.eval, cfg.data, seed=cfg.run.seed)
+    sampler = MixtureSampler(mixture, seed=cfg.run.seed, homogeneous=cfg.data.homogeneous_batches)
+    accelerator.print(f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters; "
+                      f"mixture {mixture.name}: {len(mixture.shares)} tasks, {len(mixture.held_out)} held out; "
+                      f"{accelerator.num_processes} process(es), {accelerator.distributed_type.value}, "
+                      f"mixed precision {accelerator.mixed_precision}")
+    model = Seq2SeqLogits(model)  # packed batches need the whole forward inside the DDP/FSDP wrapper
+    if cfg.train.compile:
+        model = torch.compile(model)
+    optimizer, scheduler = make_optimizer(cfg.train, model)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    state = TrainState()
+    checkpoint = find_resume_checkpoint(cfg.train.resume, run_dir)
+    if checkpoint is not None:
+        state = resume(accelerator, checkpoint, cfg, sampler)
+        accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+
+    accelerator.init_trackers(cfg.log.wandb_project, config=flat_config(cfg.to_dict()), init_kwargs=tracker_kwargs)
+    stop = StopSignal(accelerator)
+    window = LogWindow()
+    if state.step == 0:
+        accelerator.log({f"mixture/target/{task}": share for task, share in mixture.shares.items()}, step=0)
+        base = evaluator.cached_scores(accelerator, model, inner_model(model).config.name_or_path)
+        if accelerator.is_main_process:
+            write_json_atomically(run_dir / "eval" / "base_validation.json", {"model": cfg.model.name, "tasks": base})
+        state.first_validation = log_validation(accelerator, evaluator, model, state.step,
+                                                losses={task: result["loss"] for task, result in base.items()})
+
+    # --- the loop ------------------------------------------------------------------------------------------
+    started = time.perf_counter() - state.elapsed_seconds
+    stopped = False
+    with _progress(accelerator, cfg.train, state.step) as progress:  # closed (a clean line) even on errors
+        while state.step < cfg.train.max_steps and not (stopped := stop.requested()):
+            draws = sampler.next_batch(cfg.train.batch_size)
+            micro_batches = feed.micro_batches(
+                draws.for_rank(accelerator.process_index, accelerator.num_processes),
+                cfg.train.gradient_accumulation_steps,
+            )
+            loss = train_step(accelerator, model, optimizer, scheduler, micro_batches, cfg.train, window)
+            if not math.isfinite(loss):
+                raise UserError(
+                    f"step {state.step + 1}: the loss is {loss}; stopping with the last good checkpoint kept "
+                    f"in {run_dir / 'checkpoints'}. Lower train.lr or check the data of this step's tasks"
+                )
+            state.step += 1
+            state.examples_seen += len(draws)
+            state.tokens_seen += window.step_real_tokens(accelerator)
+            state.elapsed_seconds = time.perf_counter() - started
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.3f}")
+
+            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+                log_step(accelerator, state.step, state.tokens_seen, window, sampler, scheduler,
+                         feed.batcher.truncation)
+            if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step < cfg.train.max_steps:
+                log_validation(accelerator, evaluator, model, state.step)
+            if cfg.train.save_every and state.step % cfg.train.save_every == 0:
+                save(accelerator, run_dir, cfg, state, sampler)
+
+    # --- cleanup -------------------------------------------------------------------------------------------
+    if stopped:
+        save(accelerator, run_dir, cfg, state, sampler)
+        accelerator.print(f"stopped by {stop.name} at step {state.step}; resume with train.resume=auto")
+        accelerator.end_training()
+        return {"step": state.step, "stopped": stop.name}
+    scores = save_scores(accelerator, evaluator, model, run_dir / "eval" / "validation.json", cfg,
+                         base=run_dir / "eval" / "base_validation.json")
+    final_validation = log_validation(accelerator, evaluator, model, state.step,
+                                      losses={task: result["loss"] for task, result in scores["tasks"].items()})
+    accelerator.log({f"eval/{task}/{metric}": value for task, result in scores["tasks"].items()
+                     for metric, value in result["metrics"].items()}, step=state.step)
+    save(accelerator, run_dir, cfg, state, sampler)
+    save_final_model(accelerator, inner_model(model), tokenizer, run_dir)
+    summary = _summary(state, final_validation, run_dir)
+    accelerator.log({"summary/" + k: v for k, v in summary.items() if isinstance(v, int | float)}, step=state.step)
+    accelerator.end_training()
+    accelerator.print(_summary_line(summary))
+    return summary
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+
+
+def train_step(accelerator: Accelerator, model: Any, optimizer: Any, scheduler: Any,
+               micro_batches: list[dict[str, Any]], train: TrainConfig, window: LogWindow) -> float:
+    """One optimizer step over this process's micro-batches of a global batch; returns the global loss.
+
+    The objective is a weighted sum of target-token losses whose weights are normalised over the *global*
+    batch (`loss_weights`), so it means the same for any number of processes or micro-batches. DDP averages
+    gradients over processes and accelerate divides by the accumulation steps: the scale multiplies both back.
+    """
+    weights = loss_weights(accelerator, micro_batches, train.loss_per)
+    scale = accelerator.num_processes * train.gradient_accumulation_steps
+    model.train()
+    for micro_batch, weight in zip(micro_batches, weights, strict=True):
+        with accelerator.accumulate(model):
+            micro_batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in micro_batch.items()}
+            per_token = token_losses(model(micro_batch), micro_batch["labels"])
+            sums, _ = example_loss_sums(per_token, micro_batch)
+            objective = (sums * weight.to(sums.device)).sum()
+            accelerator.backward(objective * scale)
+            window.add(micro_batch, per_token)
+            if accelerator.sync_gradients:
+                if train.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+    return window.last_step_loss(accelerator)
+
+
+def log_validation(accelerator: Accelerator, evaluator: Evaluator, model: Any, step: int,
+                   losses: dict[str, float] | None = None) -> dict[str, float]:
+    """Validation loss per task and sample generations, logged to the trackers; returns task -> loss.
+    `losses` already computed (by a full scoring at the start or end of a run) are logged as they are."""
+    if losses is None:
+        losses = evaluator.validation_losses(accelerator, model)
+    values = {f"eval/loss/{task}": loss for task, loss in losses.items()}
+    values["eval/loss"] = sum(losses.values()) / max(1, len(losses))
+    accelerator.log(values, step=step)
+    log_samples(accelerator, SAMPLE_COLUMNS, evaluator.samples(accelerator, model), step)
+    return losses
+
+
+def save_scores(accelerator: Accelerator, evaluator: Evaluator, model: Any, path: Path, cfg: Config,
+                base: Path) -> dict[str, Any]:
+    """Score every evaluated task by its metrics on validation, beside the base scores and the deltas."""
+    report: dict[str, Any] = {"model": cfg.model.name, "split": "validation", "variant": "zero_shot",
+                              "limit": cfg.eval.max_examples, "config_hash": cfg.fingerprint(),
+                              "tasks": evaluator.scores(accelerator, model, progress=True)}
+    if base.exists():
+        add_base(report, json.loads(base.read_text()))
+    if accelerator.is_main_process:
+        write_json_atomically(path, report)
+    return report
+
+
+def save_final_model(accelerator: Accelerator, model: Any, tokenizer: Any, run_dir: Path) -> None:
+    """`<run>/final`: model + tokenizer via save_pretrained, so plain transformers loads it. Written atomically:
+    a previous `final/` stays in place until the new one replaces it."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with staged_folder(run_dir / "final") as staging:
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+    accelerator.wait_for_everyone()
+
+
+def _progress(accelerator: Accelerator, train: TrainConfig, start: int) -> tqdm:
+    return tqdm(total=train.max_steps, initial=start, desc="train", unit="step",
+                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+
+
+def _summary(state: TrainState, final_validation: dict[str, float], run_dir: Path) -> dict[str, Any]:
+    return {
+        "steps": state.step,
+        "examples": state.examples_seen,
+        "tokens": state.tokens_seen,
+        "seconds": round(state.elapsed_seconds, 1),
+        "validation_loss_start": state.first_validation,
+        "validation_loss_end": final_validation,
+        "run_dir": str(run_dir),
+    }
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    start, end = summary["validation_loss_start"], summary["validation_loss_end"]
+    per_task = ", ".join(f"{task} {start.get(task, float('nan')):.2f}→{end[task]:.2f}" for task in sorted(end))
+    return (f"done: {summary['steps']} steps, {summary['tokens']:,} tokens, {summary['seconds']:.0f} s; "
+            f"validation loss {per_task}; final model in {summary['run_dir']}/final")

@@ -1,0 +1,105 @@
+"""What a training process runs in: the Accelerator (devices, precision, trackers), the optimizer and schedule,
+the run folder check, and stop signals that every process obeys at the same step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from transformers import get_scheduler
+from transformers.optimization import Adafactor
+
+from pipeline.config import Config, TrainConfig
+from pipeline.errors import UserError
+from pipeline.tracking import tracker_setup
+
+
+class StopSignal:
+    """SIGTERM/SIGINT on any process stop every process at the same step.
+
+    The handler only sets accelerate's trigger; `requested()` checks it across processes (a collective: every
+    process calls it once per step), so ranks that saw no signal stop with the one that did and all of them
+    save the same checkpoint. A second signal on a process stops it at once.
+    """
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self.accelerator = accelerator
+        self.name: str | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.name:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.name = signal.Signals(signum).name
+        self.accelerator.set_trigger()
+
+    def requested(self) -> bool:
+        """Whether any process has been signalled (decided collectively: the same answer on every process)."""
+        if self.accelerator.check_trigger():
+            self.name = self.name or "a signal to another process"
+            return True
+        return False
+
+
+def make_accelerator(cfg: Config, run_dir: Path) -> tuple[Accelerator, dict[str, Any]]:
+    """The Accelerator (CPU when no GPU, bf16 on GPUs that have it) and the trackers' init kwargs."""
+    use_cpu = not torch.cuda.is_available()
+    launched_by = [name for name in ("LOCAL_RANK", "RANK") if name in os.environ]
+    mixed_precision = cfg.train.mixed_precision
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    log_with, tracker_kwargs = tracker_setup(cfg.log.trackers, run_dir, cfg.run.name)
+    accelerator = Accelerator(
+        cpu=use_cpu,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the process count
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
+    )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched_by and world > 1 and accelerator.num_processes == 1:
+        raise UserError(
+            f"launched as one of {world} processes, but this process runs alone (world size 1): the launcher "
+            "started independent trainings. On CPU use `torchrun --standalone --nproc_per_node N` or "
+            "`accelerate launch --multi_gpu --num_processes N` (not `--cpu`, which starts one process)"
+        )
+    if cfg.train.batch_size % (accelerator.num_processes * cfg.train.gradient_accumulation_steps):
+        raise UserError(
+            f"train.batch_size={cfg.train.batch_size} must be a multiple of processes × accumulation steps "
+            f"({accelerator.num_processes} × {cfg.train.gradient_accumulation_steps})"
+        )
+    return accelerator, tracker_kwargs
+
+
+def make_optimizer(train: TrainConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimizer over the trainable parameters and its learning-rate schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if train.optimizer == "adafactor":
+        # FLAN's setting: a fixed learning rate, no relative step or warmup-init inside Adafactor itself.
+        optimizer = Adafactor(params, lr=train.lr, relative_step=False, scale_parameter=False,
+                              warmup_init=False)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[train.schedule]
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=train.warmup_steps,
+                              num_training_steps=train.max_steps)
+    return optimizer, scheduler
+
+
+def check_writable(run_dir: Path) -> None:
+    """Refuse a run folder that cannot be written before anything else happens."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"run.dir={run_dir}: cannot write there ({error.strerror}); choose another run.dir") from None

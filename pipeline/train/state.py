@@ -1,0 +1,80 @@
+"""A run's state across checkpoints: `TrainState`, saving it with the sampler and config, and the resume check.
+
+    state = resume(accelerator, find_resume_checkpoint("auto", run_dir), cfg, sampler)
+    save(accelerator, run_dir, cfg, state, sampler)
+
+The checkpoint folder format itself (atomic `step-N` folders, the newest complete one) is
+`pipeline.checkpoints`; this module decides what goes in and whether a checkpoint may be resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+from pipeline.checkpoints import read_records, save_checkpoint
+from pipeline.config import Config
+from pipeline.errors import UserError
+from pipeline.mixing.sampler import MixtureSampler
+
+# Settings that must be equal to resume a checkpoint: anything that changes the data or the model's shape.
+RESUME_MUST_MATCH = (
+    "run.seed", "model.name", "data.mixture", "data.few_shot_k", "data.max_input_length",
+    "data.max_target_length", "data.packing", "data.homogeneous_batches", "train.batch_size", "train.optimizer",
+    "train.loss_per",
+)
+
+
+@dataclass
+class TrainState:
+    """Runtime state saved with every checkpoint (the config never holds any)."""
+
+    step: int = 0
+    examples_seen: int = 0
+    tokens_seen: int = 0
+    """Real (non-padding) encoder + decoder tokens over all processes."""
+    elapsed_seconds: float = 0.0
+    first_validation: dict[str, float] = field(default_factory=dict)
+    """Per-task validation loss before training, for the end-of-run summary."""
+
+
+def resume(accelerator: Accelerator, checkpoint: Path, cfg: Config, sampler: MixtureSampler) -> TrainState:
+    """Load a checkpoint into the prepared model, optimizer and scheduler, the sampler and a `TrainState`;
+    refuses one trained with settings that shape the data or the model differently (`RESUME_MUST_MATCH`)."""
+    records = read_records(checkpoint)
+    saved, current = flat_config(records["config"]), flat_config(cfg.to_dict())
+    for key in RESUME_MUST_MATCH:
+        if saved.get(key) != current.get(key):
+            raise UserError(
+                f"{checkpoint}: cannot resume: it was trained with {key}={saved.get(key)!r}, this run has "
+                f"{current.get(key)!r}; use the same setting, train.resume=off, or another run.dir"
+            )
+    accelerator.load_state(str(checkpoint))
+    sampler.load_state_dict(records["sampler"])
+    known = {f.name for f in dataclasses.fields(TrainState)}
+    return TrainState(**{k: v for k, v in records["train_state"].items() if k in known})
+
+
+def save(accelerator: Accelerator, run_dir: Path, cfg: Config, state: TrainState, sampler: MixtureSampler) -> Path:
+    """A checkpoint of the run as it stands (collective: every process calls it)."""
+    records = {
+        "train_state": dataclasses.asdict(state),
+        "sampler": sampler.state_dict(),
+        "config": cfg.to_dict(),
+    }
+    return save_checkpoint(accelerator, run_dir, state.step, records, cfg.train.keep_last)
+
+
+def flat_config(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"lr": 1e-3}}` -> `{"train.lr": 1e-3}`, values JSON scalars (as trackers take them)."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value if isinstance(value, int | float | str | bool) or value is None else str(value)
+    return flat
