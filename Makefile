@@ -8,6 +8,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
+# The versions CI tested (pyproject.toml keeps ranges for library users); `make lock` refreshes it.
+LOCK   := constraints.txt
 TASK   ?= sentiment
 N      ?= 3
 VARIANT ?= zero_shot
@@ -16,20 +18,32 @@ DATA_ARGS ?=
 RUN    ?= runs/default
 NPROC  ?= 2
 
-.PHONY: setup test test-fast lint render tasks data mixture train train-multi eval report forgetting benchmarks bench clean help
+.PHONY: setup lock test test-fast lint render tasks data mixture train train-multi eval report forgetting benchmarks bench clean help
 
 help:
 	@grep -E '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 # torch goes first and pinned: an unpinned torch (pulled in by transformers/accelerate) is a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c $(LOCK) $(TORCH)
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv with pinned torch and the package
+setup: $(STAMP) ## create .venv with pinned torch and the package, at the versions in constraints.txt
+
+# The newest versions pyproject.toml allows, installed into a scratch venv and frozen (torch's +cpu label dropped,
+# so the same file serves GPU machines).
+lock: ## refresh constraints.txt from a fresh install (then run make test before committing it)
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet $(TORCH)
+	.lock-venv/bin/pip install --quiet '.[dev]'
+	{ echo "# Written by make lock on $$(date -u +%F): the versions make setup installs (pip install -c)."; \
+	  .lock-venv/bin/pip freeze --all --exclude-editable | grep -v -e '^pip==' -e '^flanpipe' | sed 's/+cpu$$//'; \
+	} > $(LOCK)
+	rm -rf .lock-venv build
 
 # Other targets depend on data, so it takes DATA_ARGS, not ARGS (`make train ARGS=train.max_steps=100` must not
 # hand the setting to `flanpipe data`).
@@ -81,4 +95,4 @@ bench: data ## benchmarks: rendering, mixture draws/s, packing, the training loo
 	$(BIN)/python bench/bench_train.py
 
 clean: ## remove the venv and caches (not the downloaded data in ~/.cache/flanpipe)
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .lock-venv .pytest_cache build dist *.egg-info

@@ -12,19 +12,19 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.builtin.fetch import fetch_builtin
 from pipeline.config import SHIPPED_CONFIGS, load_config
 from pipeline.errors import UserError
 from pipeline.evaluate.results import format_scores
 from pipeline.files import write_json_atomically
 from pipeline.forgetting import DEFAULT_SEQUENCE, run_experiment, write_report
+from pipeline.importers.benchmark_fetch import fetch_benchmarks, format_fetch_report
+from pipeline.importers.promptsource import import_promptsource
 from pipeline.lint import lint_paths
 from pipeline.mixing.report import format_mixture_report, mixture_report_json
 from pipeline.mixing.sampler import MixtureSampler
 from pipeline.mixing.tree import RegistryStats, load_mixture
 from pipeline.report import write_run_report
-from pipeline.sources.benchmark_fetch import fetch_benchmarks, format_fetch_report
-from pipeline.sources.builtin import fetch_builtin
-from pipeline.sources.promptsource import import_promptsource
 from pipeline.tasks.rendering import ExemplarPool, Variant, render_example
 from pipeline.tasks.splits import load_split, load_splits
 from pipeline.tasks.task import get_task, load_tasks

@@ -1,4 +1,4 @@
-"""Tests for pipeline.sources.benchmarks and benchmark_fetch: MMLU and BIG-bench conversion on excerpts of the real files, the task folders
+"""Tests for pipeline.importers.benchmarks and benchmark_fetch: MMLU and BIG-bench conversion on excerpts of the real files, the task folders
 written (load, lint, render), the training guard, and fetch bookkeeping on stand-in archives.
 
 Nothing here downloads: the archives are built in tmp_path from tests/fixtures/benchmarks/.
@@ -13,20 +13,19 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.sources.benchmark_fetch as fetching
-import pipeline.sources.benchmarks as benchmarks
+import pipeline.importers.benchmark_fetch as fetching
+import pipeline.importers.benchmarks as benchmarks
+from pipeline.builtin.acquire import SourceUnavailable
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import UserError
-from pipeline.lint import lint_task
-from pipeline.sources.acquire import SourceUnavailable
-from pipeline.sources.benchmark_fetch import (
+from pipeline.importers.benchmark_fetch import (
     BenchmarkSource,
     fetch_benchmarks,
     format_fetch_report,
     read_tar_members,
 )
-from pipeline.sources.benchmarks import (
+from pipeline.importers.benchmarks import (
     BIGBENCH_ROOT,
     BIGBENCH_SDIST,
     CHOICES_EXPRESSION,
@@ -42,6 +41,7 @@ from pipeline.sources.benchmarks import (
     split_exemplars,
     write_benchmark,
 )
+from pipeline.lint import lint_task
 from pipeline.tasks.rendering import render_example
 from pipeline.tasks.splits import load_split
 from pipeline.tasks.task import load_task, load_tasks

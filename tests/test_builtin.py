@@ -1,4 +1,4 @@
-"""Tests for pipeline.sources.builtin*: each format's parser on a few-line sample, archive reading, fetch bookkeeping.
+"""Tests for pipeline.builtin: each format's parser on a few-line sample, archive reading, fetch bookkeeping.
 
 Nothing here downloads: samples are strings, archives are built in tmp_path, and fetch_builtin is run on
 stand-in sources.
@@ -15,10 +15,10 @@ import jinja2
 import pytest
 import yaml
 
-import pipeline.sources.builtin as builtin
-from pipeline.sources.acquire import PipArchive, SourceUnavailable, read_member
-from pipeline.sources.builtin import BuiltinSource, builtin_data_path, fetch_builtin
-from pipeline.sources.builtin_readers import (
+import pipeline.builtin.fetch as builtin
+from pipeline.builtin.acquire import PipArchive, SourceUnavailable, read_member
+from pipeline.builtin.fetch import BuiltinSource, builtin_data_path, fetch_builtin
+from pipeline.builtin.readers import (
     align_verses,
     arithmetic_examples,
     dictd_entries,
@@ -35,7 +35,7 @@ from pipeline.sources.builtin_readers import (
     wordnet_antonyms,
     wordnet_definitions,
 )
-from pipeline.sources.builtin_sources import BUILTIN_SOURCES
+from pipeline.builtin.sources import BUILTIN_SOURCES
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 

@@ -9,8 +9,8 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.errors import UserError
-from pipeline.sources.promptsource import import_promptsource, snake_case
-from pipeline.sources.promptsource_jinja import split_promptsource_jinja
+from pipeline.importers.promptsource import import_promptsource, snake_case
+from pipeline.importers.promptsource_jinja import split_promptsource_jinja
 from pipeline.tasks.rendering import render_example
 from pipeline.tasks.task import load_task
 from pipeline.tasks.templates import SEPARATOR
@@ -344,7 +344,7 @@ def test_older_promptsource_fields_are_accepted(tmp_path):
 
 
 def test_a_failed_write_leaves_the_old_folder_and_no_scratch(tmp_path, monkeypatch):
-    from pipeline.sources import promptsource
+    from pipeline.importers import promptsource
 
     path = promptsource_file(tmp_path, {"name": "First", "jinja": "{{ x }} ||| {{ y }}"})
     folder = import_promptsource(path, tmp_path / "out")
@@ -361,7 +361,7 @@ def test_a_failed_write_leaves_the_old_folder_and_no_scratch(tmp_path, monkeypat
 
 
 def test_the_options_field_is_renamed_in_answer_choices_and_tags_only():
-    from pipeline.sources.promptsource import _rename_fields
+    from pipeline.importers.promptsource import _rename_fields
 
     source = '{% for o in options %}{{ x.options }} options "options" {{ "options" ~ o }}{% endfor %}'
     assert _rename_fields(source, "t") == (

@@ -2,12 +2,18 @@
 trackers, the final model, SIGTERM, NaN, and bad input. Each run takes seconds; the module takes about a minute."""
 
 import json
+import os
 import random
+import re
+import shutil
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from conftest import launch, losses, settings
+
+from pipeline.checkpoints import complete_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -81,8 +87,6 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(world, tmp_path):
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output
     assert "stopped by SIGTERM" in output
-    from pipeline.checkpoints import complete_checkpoints
-
     (step, _), = complete_checkpoints(run_dir)
     assert 1 <= step < 400
 
@@ -119,8 +123,6 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(wor
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("flanpipe train: error:")]
     assert "the loss is nan" in line or "the loss is inf" in line
     step = int(line.split("step ")[1].split(":")[0])
-    from pipeline.checkpoints import complete_checkpoints
-
     assert [s for s, _ in complete_checkpoints(run_dir)] == list(range(max(1, step - 2), step))
 
 
@@ -188,3 +190,67 @@ def test_two_processes_match_one_with_task_weighted_loss(world, tmp_path):
     assert expected.keys() == got.keys()
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-4), step
+
+
+def worker_pids(launcher_pid: int) -> dict[int, int]:
+    """rank -> pid of the worker processes torchrun started (its children, by their RANK variable)."""
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    ranks = {}
+    for pid in map(int, children):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        rank = next((int(item.split(b"=")[1]) for item in environ if item.startswith(b"RANK=")), None)
+        if rank is not None:
+            ranks[rank] = pid
+    return ranks
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(world, tmp_path):
+    run_dir = tmp_path / "term-one-rank"
+    process = launch(settings(world, run_dir, "train.max_steps=400", "train.save_every=0"), nproc=2, wait=False)
+    deadline = time.time() + 240
+    while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and losses(run_dir)):
+        time.sleep(0.05)
+    ranks = worker_pids(process.pid)
+    assert set(ranks) == {0, 1}, ranks
+    os.kill(ranks[1], signal.SIGTERM)  # the rank that neither logs nor writes the checkpoint's files
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output  # both workers exited cleanly: no collective was left waiting
+    (stopped,) = re.findall(r"stopped by a signal to another process at step (\d+)", output)
+    (step, checkpoint), = complete_checkpoints(run_dir)
+    assert step == int(stopped) < 400
+    assert {p.name for p in checkpoint.glob("random_states_*.pkl")} == {"random_states_0.pkl",
+                                                                        "random_states_1.pkl"}
+    assert json.loads((checkpoint / "train_state.json").read_text())["step"] == step
+
+
+def test_two_processes_score_like_one_with_periodic_evaluation(world, tmp_path):
+    """Validation losses, generations and rank classification at the start, every 4 steps and at the end."""
+    tasks = tmp_path / "tasks"
+    shutil.copytree(world["tasks"], tasks)
+    colour = tasks / "colour" / "task.yaml"
+    colour.write_text(colour.read_text().replace("metrics: [accuracy]", "metrics: [accuracy, rank_classification]"))
+    runs = {}
+    for nproc in (1, 2):
+        run_dir = tmp_path / f"x{nproc}"
+        result = launch(settings(world, run_dir, f"data.templates_dir={tasks}", "train.eval_every=4",
+                                 "eval.samples=2", f"data.cache_dir={tmp_path / f'cache{nproc}'}"), nproc=nproc)
+        assert result.returncode == 0, result.stdout + result.stderr
+        runs[nproc] = run_dir
+    for name in ("base_validation.json", "validation.json"):
+        one, two = (json.loads((runs[n] / "eval" / name).read_text())["tasks"] for n in (1, 2))
+        assert set(one["colour"]["metrics"]) == {"accuracy", "rank_accuracy"}
+        for task in one:
+            assert two[task]["n"] == one[task]["n"] and two[task]["metrics"] == one[task]["metrics"], (name, task)
+            assert two[task]["loss"] == pytest.approx(one[task]["loss"], rel=1e-4), (name, task)
+
+    def evaluations(run_dir):
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses = {r["step"]: r["eval/loss"] for r in records if "eval/loss" in r}
+        samples = {r["step"]: [s["prediction"] for s in r["eval/samples"]] for r in records if "eval/samples" in r}
+        return losses, samples
+
+    (losses_one, samples_one), (losses_two, samples_two) = evaluations(runs[1]), evaluations(runs[2])
+    assert sorted(losses_one) == sorted(losses_two) == [0, 4, 8, 12]
+    assert samples_two == samples_one
+    for step, loss in losses_one.items():
+        assert losses_two[step] == pytest.approx(loss, rel=1e-4), step

@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.builtin.fetch import builtin_data_path
 from pipeline.errors import UserError
 from pipeline.files import stable_seed
-from pipeline.sources.builtin import builtin_data_path
 from pipeline.tasks.task import FILE_FORMATS, PREPROCESSORS, SPLITS, Task
 
 if TYPE_CHECKING:

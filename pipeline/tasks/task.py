@@ -15,11 +15,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.builtin.fetch import builtin_data_path
+from pipeline.builtin.sources import BUILTIN_SOURCES
 from pipeline.errors import UserError
 from pipeline.files import content_hash, read_yaml
 from pipeline.metrics import METRICS, NORMALIZERS
-from pipeline.sources.builtin import builtin_data_path
-from pipeline.sources.builtin_sources import BUILTIN_SOURCES
 from pipeline.tasks.templates import Template, load_template
 
 if TYPE_CHECKING:

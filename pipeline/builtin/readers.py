@@ -1,6 +1,6 @@
 """Parsers that turn the text formats of the built-in sources into example dicts.
 
-Each function takes the text of one file (already read out of its archive by `pipeline.sources.builtin_sources`) and
+Each function takes the text of one file (already read out of its archive by `pipeline.builtin.sources`) and
 yields plain dicts of str/int/float, in file order. They do no I/O, so `tests/test_builtin.py` feeds them
 three-line samples. The filters that shape each task (which sentences count as sentences, how long a quote
 may be) live here, next to the format they apply to, with the reason beside them.

@@ -1,5 +1,5 @@
 """Fetching the held-out benchmarks: two pinned PyPI releases, read without installing them, written as
-evaluation-only task folders (`pipeline.sources.benchmarks` says what a benchmark folder holds).
+evaluation-only task folders (`pipeline.importers.benchmarks` says what a benchmark folder holds).
 
     flanpipe benchmarks fetch [--force]          (make benchmarks)
 
@@ -22,10 +22,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from pipeline.builtin.acquire import PipArchive, SourceUnavailable, read_member
 from pipeline.files import write_text_atomically
-from pipeline.sources import benchmarks
-from pipeline.sources.acquire import PipArchive, SourceUnavailable, read_member
-from pipeline.sources.benchmarks import (
+from pipeline.importers import benchmarks
+from pipeline.importers.benchmarks import (
     BIGBENCH_ROOT,
     BIGBENCH_SDIST,
     EVALS_WHEEL,
