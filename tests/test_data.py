@@ -1,10 +1,8 @@
-"""Tokenization, padding, length grouping, packing, and the packed forward against the unpacked one."""
+"""pipeline/data/: tokenization, padding, length grouping, packing (the forward over packed batches: test_forward.py)."""
 
 import datasets
 import pytest
-import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+from seq2seq_helpers import PAIRS, SENTENCES, features, word_tokenizer
 
 from pipeline.config import load_config
 from pipeline.data.collate import (
@@ -17,7 +15,6 @@ from pipeline.data.collate import (
     pack_rows,
 )
 from pipeline.data.tokenize import TruncationStats, encode_texts, tokenize_batch
-from pipeline.forward import Seq2SeqLogits, example_loss_sums, seq2seq_forward, token_losses
 
 
 def padding_efficiency(batch):
@@ -25,77 +22,13 @@ def padding_efficiency(batch):
     return real / total
 
 
-def per_example_losses(logits, labels, example_ids=None, num_examples=None):
-    """Mean token loss of each example, in the order of the collated features."""
-    batch = {"labels": labels}
-    if example_ids is not None:
-        batch["target_example_ids"] = example_ids
-    if num_examples is not None:
-        batch["task"] = [""] * num_examples
-    sums, counts = example_loss_sums(token_losses(logits, labels), batch)
-    return sums / counts.clamp_min(1)
-
-
-def token_mean_loss(logits, labels):
-    return token_losses(logits, labels).sum() / (labels != LABEL_PAD).sum()
-
-
 def tokenize_dataset(dataset, tokenizer, max_input_length, max_target_length):
     return dataset.map(lambda rows: tokenize_batch(tokenizer, rows["input"], rows["target"], max_input_length,
                                                    max_target_length), batched=True)
 
-SENTENCES = [
-    "is this review positive or negative ?",
-    "the film was a quiet sharp and oddly moving portrait of grief",
-    "positive",
-    "negative",
-    "translate to french : the cat sat on the mat",
-    "le chat est assis sur le tapis",
-    "question : what colour is the sky ? answer : blue",
-    "summarize : a long story about a dog who walked to the park and back again",
-    "yes",
-    "no",
-]
-
-
 @pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    words = sorted({word for sentence in SENTENCES for word in sentence.split()})
-    vocab = {token: i for i, token in enumerate(["<pad>", "</s>", "<unk>", *words])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>")
-
-
-def tiny_t5(vocab_size: int, attention: str = "sdpa", tied: bool = True) -> T5ForConditionalGeneration:
-    torch.manual_seed(0)
-    config = T5Config(vocab_size=vocab_size, d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-                      d_kv=8, feed_forward_proj="gated-gelu", decoder_start_token_id=0, pad_token_id=0,
-                      eos_token_id=1, tie_word_embeddings=tied)
-    model = T5ForConditionalGeneration(config).eval()
-    model.set_attn_implementation(attention)
-    return model
-
-
-def features(tokenizer, pairs, max_input_length=32, max_target_length=16):
-    inputs, targets = zip(*pairs, strict=True)
-    columns = tokenize_batch(tokenizer, inputs, targets, max_input_length, max_target_length)
-    return [{"input_ids": i, "labels": t, "task": f"task{n % 3}"}
-            for n, (i, t) in enumerate(zip(columns["input_ids"], columns["labels"], strict=True))]
-
-
-# Eight examples of varied lengths: short classification prompts and longer generation ones.
-PAIRS = [
-    (SENTENCES[0] + " " + SENTENCES[1], "positive"),
-    (SENTENCES[4], SENTENCES[5]),
-    (SENTENCES[6], "blue"),
-    (SENTENCES[7], "a dog walked to the park"),
-    ("yes or no ?", "yes"),
-    (SENTENCES[1], "negative"),
-    (SENTENCES[7] + " " + SENTENCES[1], "the dog"),
-    ("no", "no"),
-]
+def tokenizer():
+    return word_tokenizer()
 
 
 # --- tokenization -------------------------------------------------------------------------------------------
@@ -203,66 +136,3 @@ def test_make_collator_follows_data_packing(tokenizer):
                             tokenizer, 0)
     assert isinstance(packing, PackingCollator)
     assert (packing.input_row_length, packing.target_row_length, packing.pad_to_multiple_of) == (256, 64, 8)
-
-
-# --- the packed forward equals the unpacked one -------------------------------------------------------------
-
-
-def segment_logits(packed_logits, batch, example):
-    return packed_logits[batch["target_example_ids"] == example]
-
-
-@pytest.mark.parametrize(("attention", "tied"), [("sdpa", True), ("sdpa", False), ("eager", True), ("eager", False)])
-def test_packed_losses_and_logits_equal_unpacked(tokenizer, attention, tied):
-    model = tiny_t5(len(tokenizer), attention, tied)
-    rows = features(tokenizer, PAIRS)
-    padded = PaddingCollator(tokenizer)(rows)
-    packed = PackingCollator(input_row_length=32, target_row_length=16)(rows)
-    assert packed["input_ids"].shape[0] <= len(rows) // 2  # really packed
-    with torch.no_grad():
-        padded_logits = seq2seq_forward(model, padded)
-        packed_logits = seq2seq_forward(model, packed)
-        reference = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
-                          labels=padded["labels"])
-
-    unpacked_losses = per_example_losses(padded_logits, padded["labels"])
-    packed_losses = per_example_losses(packed_logits, packed["labels"], packed["target_example_ids"], len(rows))
-    torch.testing.assert_close(packed_losses, unpacked_losses, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(token_mean_loss(packed_logits, packed["labels"]), reference.loss,
-                               rtol=1e-5, atol=1e-5)
-    for example, row in enumerate(rows):
-        n = len(row["labels"])
-        torch.testing.assert_close(segment_logits(packed_logits, packed, example), padded_logits[example, :n],
-                                   rtol=1e-5, atol=1e-5)
-
-
-def test_no_example_sees_another_in_a_packed_row(tokenizer):
-    model = tiny_t5(len(tokenizer))
-    rows = features(tokenizer, PAIRS)
-    packing = PackingCollator(input_row_length=32, target_row_length=16)
-    batch = packing(rows)
-    row_of = {e: r for r in range(batch["labels"].shape[0]) for e in batch["target_example_ids"][r].tolist()}
-    victim = next(e for e in range(len(rows)) if [row_of[o] for o in range(len(rows))].count(row_of[e]) > 1)
-    neighbours = [e for e in range(len(rows)) if e != victim and row_of[e] == row_of[victim]]
-
-    changed = [dict(row) for row in rows]
-    changed[victim]["input_ids"] = [(t + 5) % len(tokenizer) for t in rows[victim]["input_ids"][:-1]] + [1]
-    changed[victim]["labels"] = [(t + 7) % len(tokenizer) for t in rows[victim]["labels"][:-1]] + [1]
-    changed_batch = packing(changed)
-    assert torch.equal(changed_batch["encoder_segment_ids"], batch["encoder_segment_ids"])  # same layout
-    with torch.no_grad():
-        before, after = seq2seq_forward(model, batch), seq2seq_forward(model, changed_batch)
-    for example in neighbours:
-        assert torch.equal(segment_logits(before, batch, example), segment_logits(after, changed_batch, example))
-    assert not torch.allclose(segment_logits(before, batch, victim), segment_logits(after, changed_batch, victim))
-
-
-def test_packed_and_padded_gradients_agree_through_the_wrapper(tokenizer):
-    rows = features(tokenizer, PAIRS)
-    gradients = []
-    for collate in (PaddingCollator(tokenizer), PackingCollator(input_row_length=32, target_row_length=16)):
-        model = Seq2SeqLogits(tiny_t5(len(tokenizer)))
-        batch = collate(rows)
-        token_mean_loss(model(batch), batch["labels"]).backward()
-        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-4, atol=1e-6)
