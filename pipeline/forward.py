@@ -5,8 +5,8 @@
     per_token = token_losses(logits, batch["labels"])
     sums, counts = example_loss_sums(per_token, batch)   # per example, in the order of the collated features
 
-Training loss, validation loss and rank classification all call the prepared (wrapped) model with a batch;
-generation goes through `generate`. Nothing else runs the model.
+Training loss, validation loss, rank classification and generation (`generate`) all call the prepared (wrapped)
+model with a batch. Nothing else runs the model.
 
 **Packed batches** (`pipeline.data.collate.PackingCollator`): `seq2seq_forward` builds three boolean masks from
 the segment ids inside the forward (nothing quadratic is stored in the batch) with transformers' own mask
@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from transformers import PreTrainedModel
 from transformers.masking_utils import (
     ALL_MASK_ATTENTION_FUNCTIONS,
@@ -110,8 +111,9 @@ def _shared_encoder_forward(model: nn.Module, batch: Mapping[str, Any]) -> torch
 
 
 class Seq2SeqLogits(nn.Module):
-    """`forward(batch) -> logits` for padded and packed batches, so DDP/FSDP wrap the whole packed forward.
-    Wrap before `accelerator.prepare`; save and generate with the inner `.model`."""
+    """`forward(batch) -> logits` for padded, packed and choice batches, so that DDP, FSDP and DeepSpeed wrap
+    every model call; a batch with a `generate` entry returns generated ids instead (see `generate`). Wrap the
+    model before `accelerator.prepare`; `inner_model` reaches the transformers model for saving."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -120,7 +122,18 @@ class Seq2SeqLogits(nn.Module):
         self._no_split_modules = getattr(model, "_no_split_modules", None)
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        if "generate" in batch:
+            return self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       do_sample=False, **batch["generate"])
         return seq2seq_forward(self.model, batch)
+
+    def tie_weights(self, *args: Any, **kwargs: Any) -> None:
+        """accelerate's FSDP2 preparation re-ties shared weights through this method of the module it is given
+        (after moving to `meta` and loading): without it T5's embedding and `lm_head` come apart, two parameters
+        and one of them outside the optimizer. (No `get_input_embeddings` here on purpose: accelerate would put
+        `shared` in its own FSDP group while the encoder's and decoder's `embed_tokens`, the same parameter, stay
+        in the root group, which torch refuses.)"""
+        self.model.tie_weights(*args, **kwargs)
 
 
 def as_forward(model: nn.Module) -> nn.Module:
@@ -134,12 +147,23 @@ def inner_model(model: nn.Module) -> PreTrainedModel:
     return model.model if isinstance(model, Seq2SeqLogits) else model
 
 
+def is_sharded(model: nn.Module) -> bool:
+    """Whether the model's weights are split over processes (FSDP v1 or v2, DeepSpeed ZeRO-3): every process
+    must then join every model call."""
+    if type(model).__name__ == "DeepSpeedEngine":
+        return getattr(model, "zero_optimization_stage", lambda: 0)() == 3
+    return any(isinstance(module, FSDPModule | FullyShardedDataParallel) for module in model.modules())
+
+
 def generate(model: nn.Module, encoded: Mapping[str, torch.Tensor], *, max_new_tokens: int, num_beams: int = 1
              ) -> torch.Tensor:
     """Greedy (or beam) output ids for a padded input batch (`input_ids`, `attention_mask`): the one place
-    flanpipe generates. `model` is a prepared model or a bare one."""
-    return inner_model(model).generate(**encoded, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                       do_sample=False)
+    flanpipe generates. The call goes through the prepared model's forward, so FSDP gathers its shards as in
+    training; when the weights are sharded every process keeps stepping until all have finished
+    (`synced_gpus`), so call it the same number of times on every process."""
+    synced = is_sharded(model) and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    settings = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "synced_gpus": synced}
+    return as_forward(model)({**encoded, "generate": settings})
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

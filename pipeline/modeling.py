@@ -2,7 +2,7 @@
 
     model, tokenizer = load_model(cfg.model, cfg.data)                          # what a run is configured with
     model, tokenizer = load_model_and_tokenizer("google/flan-t5-small")        # a hub name or a local folder
-    load_weights(model, checkpoint / "model.safetensors", "flanpipe/t5-tiny")  # a training checkpoint's weights
+    load_weights(model, checkpoint_folder, "flanpipe/t5-tiny")                 # a training checkpoint's weights
 
 Every model goes through `AutoConfig` / `AutoTokenizer` / `AutoModelForSeq2SeqLM`, so T5, T5 v1.1, FLAN-T5,
 mT5 and BART load the same way. `trust_remote_code` stays off unless the caller turns it on. `DEFAULT_MODEL`
@@ -57,13 +57,25 @@ def load_model(model: ModelConfig, data: DataConfig) -> tuple[PreTrainedModel, P
     )
 
 
-def load_weights(model: PreTrainedModel, path: Path, model_name: str) -> None:
-    """Load a training checkpoint's `model.safetensors` (saved from `Seq2SeqLogits`, so keys start with
-    `model.`) into `model`; weights that do not fit are a UserError naming the file."""
-    weights = {key.removeprefix("model."): value for key, value in load_file(str(path)).items()}
+def load_weights(model: PreTrainedModel, checkpoint: Path, model_name: str) -> None:
+    """Load a training checkpoint's weights into `model`: `model.safetensors` (one process, DDP) or
+    `pytorch_model_fsdp.bin` (FSDP's full state dict). Saved from `Seq2SeqLogits`, so keys start with `model.`.
+    Weights that do not fit, or a checkpoint saved as sharded FSDP state, are a UserError naming the folder."""
+    if (checkpoint / "model.safetensors").is_file():
+        weights = load_file(str(checkpoint / "model.safetensors"))
+    elif (checkpoint / "pytorch_model_fsdp.bin").is_file():
+        weights = torch.load(checkpoint / "pytorch_model_fsdp.bin", map_location="cpu", weights_only=True)
+    elif any(checkpoint.glob("pytorch_model_fsdp_*")):
+        raise UserError(f"{checkpoint}: the weights were saved as sharded FSDP state (fsdp_state_dict_type: "
+                        "SHARDED_STATE_DICT), which only a run on the same processes reads; evaluate the run's final "
+                        "model (<run>/final), or train with fsdp_state_dict_type: FULL_STATE_DICT")
+    else:
+        raise UserError(f"{checkpoint}: no model weights (model.safetensors or pytorch_model_fsdp.bin) in this "
+                        "checkpoint; it may have been written by another tool")
+    weights = {key.removeprefix("model."): value for key, value in weights.items()}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or [k for k in missing if "embed_tokens" not in k and "lm_head" not in k]:
-        raise UserError(f"{path}: the checkpoint's weights do not fit {model_name} "
+        raise UserError(f"{checkpoint}: the checkpoint's weights do not fit {model_name} "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.tie_weights()
 

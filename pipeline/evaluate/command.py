@@ -39,7 +39,7 @@ def load_for_evaluation(target: str, cfg: Config) -> tuple[Any, Any, str]:
     if (path / "train_state.json").exists():
         run_cfg = load_config_dict(read_records(path)["config"])
         model, tokenizer = load_model(run_cfg.model, run_cfg.data)
-        load_weights(model, path / "model.safetensors", run_cfg.model.name)
+        load_weights(model, path, run_cfg.model.name)
         return model, tokenizer, f"{path} (checkpoint of {run_cfg.model.name})"
     if path.exists() and not (path / "config.json").exists():
         raise UserError(f"{path}: not a model folder, run folder or checkpoint; expected config.json, final/ "

@@ -6,7 +6,8 @@
 
 The rows of a task's evaluation set are its validation (or test) examples rendered zero-shot (or few-shot),
 example `i` under forward template `i mod T`, so every phrasing is scored without multiplying the cost by T.
-Rows are split over processes and the results gathered, so scores do not depend on the number of processes.
+Rows are split over processes in equal shares (`even_shard`) and the results gathered, so scores do not depend on
+the number of processes and every process makes the same model calls (as FSDP needs).
 Each task is scored by the metrics its task.yaml declares (`pipeline.metrics`): generation metrics on greedy
 (or beam) outputs, and rank classification over the answer choices (`pipeline.evaluate.scoring`). The model
 is the prepared (wrapped) one; everything runs through `pipeline.forward`.
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from pipeline.config import DataConfig, EvalConfig
@@ -27,7 +29,7 @@ from pipeline.data.batcher import Batcher
 from pipeline.data.collate import LABEL_PAD
 from pipeline.evaluate.scoring import rank_classification_scores
 from pipeline.files import content_hash, write_json_atomically
-from pipeline.forward import generate, token_losses
+from pipeline.forward import example_loss_sums, generate, token_losses
 from pipeline.metrics import MODEL_METRICS, compute_metrics, rank_classification
 from pipeline.tasks.rendering import ZERO_SHOT, RenderedExample, Variant, render_split
 from pipeline.tasks.task import Task
@@ -55,6 +57,25 @@ def evaluation_rows(task: Task, split: str, data: DataConfig, seed: int, limit: 
 
 def _on_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+
+
+def even_shard(accelerator: Any, rows: Sequence[Any]) -> tuple[list[Any], int]:
+    """This process's contiguous share of `rows` and how many of it are real. Every process gets the same
+    number (the last shares are padded by repeating a row), so every process makes the same model calls: FSDP and
+    ZeRO-3 gather weights inside each call, and a process with one batch fewer would leave the others waiting.
+    Results of the real rows, gathered in process order, are in the order of `rows`."""
+    per_process = -(-len(rows) // accelerator.num_processes)
+    start = accelerator.process_index * per_process
+    mine = list(rows[start : start + per_process])
+    real = len(mine)
+    if rows:
+        mine += [(mine or list(rows))[-1]] * (per_process - real)
+    return mine, real
+
+
+def gather_rows(accelerator: Any, local: list[Any]) -> list[Any]:
+    """Every process's results, concatenated in process order (the order of the rows `even_shard` split)."""
+    return gather_object(local) if accelerator.num_processes > 1 else local
 
 
 class Evaluator:
@@ -97,13 +118,13 @@ class Evaluator:
     def rank_classification(self, accelerator: Any, model: Any, rows: Sequence[RenderedExample]
                             ) -> dict[str, float]:
         """Rank accuracy over each row's answer choices, the rows split over processes."""
-        with accelerator.split_between_processes(list(rows)) as shard:
-            local = rank_classification_scores(
-                model, self.tokenizer, [r.input for r in shard], [list(r.choices) for r in shard],
-                batch_size=self.settings.batch_size, max_input_length=self.data.max_input_length,
-                max_target_length=self.data.max_target_length,
-            )
-        scores = accelerator.gather_for_metrics(local, use_gather_object=True) if accelerator.num_processes > 1 else local
+        shard, real = even_shard(accelerator, rows)
+        local = rank_classification_scores(
+            model, self.tokenizer, [r.input for r in shard], [list(r.choices) for r in shard],
+            batch_size=self.settings.batch_size, max_input_length=self.data.max_input_length,
+            max_target_length=self.data.max_target_length,
+        )
+        scores = gather_rows(accelerator, local[:real])
         gold = [list(row.choices).index(row.target) for row in rows]
         return rank_classification(scores, gold)
 
@@ -119,12 +140,17 @@ class Evaluator:
                 inputs = [row.input for row in rows[1:] + rows[:1]]
                 rows = [dataclasses.replace(row, input=text) for row, text in zip(rows, inputs, strict=True)]
             total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-            with accelerator.split_between_processes(rows) as shard:
-                for start in range(0, len(shard), self.settings.batch_size):
-                    batch = self.batcher.collate(shard[start : start + self.settings.batch_size])
-                    batch = _on_device(batch, accelerator.device)
-                    per_token = token_losses(model(batch), batch["labels"])
+            shard, real = even_shard(accelerator, rows)
+            for start in range(0, len(shard), self.settings.batch_size):
+                batch = _on_device(self.batcher.collate(shard[start : start + self.settings.batch_size]),
+                                   accelerator.device)
+                per_token = token_losses(model(batch), batch["labels"])
+                if start + len(batch["task"]) <= real:
                     total += torch.stack([per_token.sum().double(), (batch["labels"] != LABEL_PAD).sum().double()])
+                else:  # the padding rows at the end of the shard do not count
+                    sums, counts = example_loss_sums(per_token, batch)
+                    keep = max(0, real - start)
+                    total += torch.stack([sums[:keep].sum().double(), counts[:keep].sum().double()])
             total = accelerator.reduce(total, "sum")
             losses[task] = float(total[0] / total[1].clamp(min=1))
         return losses
@@ -155,16 +181,14 @@ class Evaluator:
         """Greedy (or beam) generations for `inputs`, computed across processes, in input order."""
         model.eval()
         outputs: list[str] = []
-        with accelerator.split_between_processes(list(inputs)) as shard:
-            for start in range(0, len(shard), self.settings.batch_size):
-                encoded = self.batcher.encode_inputs(shard[start : start + self.settings.batch_size])
-                generated = generate(model, _on_device(encoded, accelerator.device),
-                                     max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
-                                     num_beams=self.settings.num_beams)
-                outputs.extend(self.tokenizer.batch_decode(generated, skip_special_tokens=True))
-        if accelerator.num_processes > 1:
-            outputs = accelerator.gather_for_metrics(outputs, use_gather_object=True)
-        return [text.strip() for text in outputs]
+        shard, real = even_shard(accelerator, inputs)
+        for start in range(0, len(shard), self.settings.batch_size):
+            encoded = self.batcher.encode_inputs(shard[start : start + self.settings.batch_size])
+            generated = generate(model, _on_device(encoded, accelerator.device),
+                                 max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
+                                 num_beams=self.settings.num_beams)
+            outputs.extend(self.tokenizer.batch_decode(generated, skip_special_tokens=True))
+        return [text.strip() for text in gather_rows(accelerator, outputs[:real])]
 
     def samples(self, accelerator: Any, model: Any) -> list[list[str]]:
         """A few generations per task, as rows of `SAMPLE_COLUMNS` (every process computes, all get them)."""

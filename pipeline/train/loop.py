@@ -83,7 +83,7 @@ def train(cfg: Config) -> dict[str, Any]:
     if cfg.train.compile:
         model = torch.compile(model)
     optimizer, scheduler = make_optimizer(cfg.train, model)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)  # FSDP swaps in its parameters
 
     state = TrainState()
     checkpoint = find_resume_checkpoint(cfg.train.resume, run_dir)
@@ -146,7 +146,7 @@ def train(cfg: Config) -> dict[str, Any]:
     accelerator.log({f"eval/{task}/{metric}": value for task, result in scores["tasks"].items()
                      for metric, value in result["metrics"].items()}, step=state.step)
     save(accelerator, run_dir, cfg, state, sampler)
-    save_final_model(accelerator, inner_model(model), tokenizer, run_dir)
+    save_final_model(accelerator, model, tokenizer, run_dir)
     summary = _summary(state, final_validation, run_dir)
     accelerator.log({"summary/" + k: v for k, v in summary.items() if isinstance(v, int | float)}, step=state.step)
     accelerator.end_training()
@@ -212,12 +212,20 @@ def save_scores(accelerator: Accelerator, evaluator: Evaluator, model: Any, path
 
 
 def save_final_model(accelerator: Accelerator, model: Any, tokenizer: Any, run_dir: Path) -> None:
-    """`<run>/final`: model + tokenizer via save_pretrained, so plain transformers loads it. Written atomically:
-    a previous `final/` stays in place until the new one replaces it."""
-    accelerator.wait_for_everyone()
+    """`<run>/final`: model + tokenizer via save_pretrained, so plain transformers loads it. Collective: every
+    process hands over its shard of the weights (FSDP, ZeRO-3); the main process writes the folder atomically, a
+    previous `final/` staying in place until the new one replaces it."""
+    state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
+        inner = inner_model(model)
+        weights = {key.removeprefix("model."): value for key, value in state_dict.items()}  # Seq2SeqLogits' prefix
+        # A gathered (FSDP, ZeRO-3) state dict holds a copy per name of a tied matrix; keep the one a single
+        # process saves, so the folder is the same whatever the launcher.
+        for name, target in getattr(inner, "all_tied_weights_keys", {}).items():
+            if name in weights and target in weights and torch.equal(weights[name], weights[target]):
+                del weights[name]
         with staged_folder(run_dir / "final") as staging:
-            model.save_pretrained(staging, safe_serialization=True)
+            inner.save_pretrained(staging, state_dict=weights, safe_serialization=True)
             tokenizer.save_pretrained(staging)
     accelerator.wait_for_everyone()
 

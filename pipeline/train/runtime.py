@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedType, ProjectConfiguration, parse_flag_from_env
 from transformers import get_scheduler
 from transformers.optimization import Adafactor
 
@@ -71,12 +71,32 @@ def make_accelerator(cfg: Config, run_dir: Path) -> tuple[Accelerator, dict[str,
             "started independent trainings. On CPU use `torchrun --standalone --nproc_per_node N` or "
             "`accelerate launch --multi_gpu --num_processes N` (not `--cpu`, which starts one process)"
         )
+    check_sharding(accelerator)
     if cfg.train.batch_size % (accelerator.num_processes * cfg.train.gradient_accumulation_steps):
         raise UserError(
             f"train.batch_size={cfg.train.batch_size} must be a multiple of processes × accumulation steps "
             f"({accelerator.num_processes} × {cfg.train.gradient_accumulation_steps})"
         )
     return accelerator, tracker_kwargs
+
+
+def check_sharding(accelerator: Accelerator) -> None:
+    """Refuse a sharding request that accelerate would quietly run as something else, or run wrongly."""
+    requested = {"FSDP": parse_flag_from_env("ACCELERATE_USE_FSDP"),
+                 "DEEPSPEED": parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")}
+    running = accelerator.distributed_type
+    for kind, asked in requested.items():
+        if asked and running != getattr(DistributedType, kind):
+            raise UserError(
+                f"{kind} was requested (accelerate config or --use_{kind.lower()}) but accelerate runs this as "
+                f"{running.value} on device {accelerator.device.type}: it shards models only on GPUs, under "
+                "`accelerate launch`. On CPU, run data parallel instead (`accelerate launch --multi_gpu` or torchrun)"
+            )
+    plugin = accelerator.state.fsdp_plugin if running == DistributedType.FSDP else None
+    if plugin is not None and plugin.fsdp_version == 1 and not plugin.use_orig_params:
+        raise UserError("FSDP v1 with use_orig_params false leaves the optimizer without the sharded parameters "
+                        "(nothing would train); set fsdp_use_orig_params: true in the accelerate config, or use "
+                        "fsdp_version: 2")
 
 
 def make_optimizer(train: TrainConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
