@@ -6,7 +6,7 @@
 
 accelerate 1.16 switches `AcceleratorState.distributed_type` to FSDP only for GPU-type devices (state.py, the
 branch over MULTI_GPU/MULTI_NPU/...); on CPU an FSDP request stays MULTI_CPU and the model is wrapped in DDP.
-torch's FSDP itself runs on CPU with gloo. This shim overrides exactly one thing: after `AcceleratorState` is
+torch's FSDP itself runs on CPU with gloo. The shim overrides three things. First, after `AcceleratorState` is
 built, a MULTI_CPU state that was given an FSDP plugin becomes `DistributedType.FSDP` with that plugin, which is
 what the GPU branch does (it also hands the plugin the mixed-precision setting; these runs are fp32, "no").
 Everything after that is accelerate's and torch's own GPU code path, run with device `cpu`: `prepare` (FSDP1
@@ -14,14 +14,17 @@ wrapping or FSDP2 `fully_shard`), gradient clipping, sharded `save_state`/`load_
 flanpipe's product code is not touched; without this shim the same request is refused
 (`pipeline.train.runtime.check_sharding`).
 
-For FSDP v1 one more CPU artifact is smoothed over: accelerate passes `device_id=accelerator.device`, which the
+Second, for FSDP v1: accelerate passes `device_id=accelerator.device`, which the
 FSDP state makes `<type>:<local rank>` (cuda:1 on a GPU, so `cpu:1` here), and torch's FSDP1 compares it with its
 CPU compute device `cpu` (CPU devices carry no index) and refuses. The shim passes `torch.device("cpu")` instead:
-the same device, without the index. And accelerate asks FSDP1 for full state dicts with `offload_to_cpu=True`
-(saving a checkpoint or the final model): on a GPU that copies every gathered tensor into CPU memory; on a CPU,
-torch 2.13's FSDP1 crashes (SIGSEGV in its post-state-dict hook, reproduced with a bare T5 and no accelerate:
-offload_to_cpu=True crashes, False works). The shim makes `FullStateDictConfig.offload_to_cpu` read False, so
-FSDP clones the gathered tensors into memory they own, which is what the GPU copy gives.
+the same device, without the index.
+
+Third, accelerate asks FSDP1 for full state dicts with `offload_to_cpu=True` (checkpoints, the final model): on a GPU
+that copies every gathered tensor into CPU memory; on a CPU, torch 2.13's FSDP1 goes wrong. The model state dict
+crashes (SIGSEGV in its post-state-dict hook, reproduced with a bare T5 and no accelerate: offload_to_cpu=True
+crashes, False works), and the optimizer state dict comes back wrong without a word (a run resumed from it
+diverged from step 2 after the resume). The shim makes `offload_to_cpu` read False on both configs, so FSDP
+clones the gathered tensors into memory they own, which is what the GPU copy gives; resume is then bitwise.
 """
 
 from __future__ import annotations

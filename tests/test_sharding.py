@@ -5,8 +5,13 @@ made to run on CPU by the test-only shim `tests/cpu_fsdp.py` (its docstring says
 is faithful to the GPU path). Each launcher trains the tiny world for 12 steps with an evaluation every 4 (losses,
 sample generations; rank classification and generation metrics at the start and the end), then resumes from its
 step-9 checkpoint. Set FLANPIPE_SHARDING_TABLE=path to write the Markdown table the README quotes.
+
+On a machine with GPUs (`bench/gpu_check.sh`) the same tests compare one GPU with FSDP v2, FSDP v1 and DeepSpeed
+ZeRO-2 (when deepspeed is installed) on as many GPUs as there are (at most 2), launched as users launch them,
+without the shim.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -24,16 +29,26 @@ from transformers import AutoModelForSeq2SeqLM
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(ROOT / "configs" / "accelerate" / "fsdp.yaml"), "--mixed_precision", "no", "--num_processes", "2"]
-FSDP1 = ["--fsdp_version", "1", "--fsdp_cpu_ram_efficient_loading", "false", "--fsdp_sync_module_states", "false",
-         "--fsdp_use_orig_params", "true"]
-LAUNCHERS = {
-    "1 process": None,
-    "DDP 2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
-    "FSDP2 2": ACCELERATE,
-    "FSDP1 2": ACCELERATE + FSDP1,
-}
+GPUS = min(torch.cuda.device_count(), 2)
+PROCESSES = str(GPUS or 2)
+
+
+def accelerate_launch(config: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(ROOT / "configs" / "accelerate" / config), "--mixed_precision", "no", "--num_processes", PROCESSES,
+            *options]
+
+
+FSDP1 = ("--fsdp_version", "1", "--fsdp_cpu_ram_efficient_loading", "false", "--fsdp_sync_module_states", "false",
+         "--fsdp_use_orig_params", "true")
+LAUNCHERS = {"1 process": None}
+if GPUS != 1:  # data parallel needs a device per process
+    LAUNCHERS[f"DDP {PROCESSES}"] = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                     f"--nproc_per_node={PROCESSES}"]
+LAUNCHERS[f"FSDP2 {PROCESSES}"] = accelerate_launch("fsdp.yaml")
+LAUNCHERS[f"FSDP1 {PROCESSES}"] = accelerate_launch("fsdp.yaml", *FSDP1)
+if GPUS and importlib.util.find_spec("deepspeed"):
+    LAUNCHERS[f"DeepSpeed ZeRO-2 {PROCESSES}"] = accelerate_launch("deepspeed_zero2.yaml")
 LOSS_TOLERANCE = 1e-5  # relative; measured differences are ~1e-7 (float sums in another order)
 WEIGHT_TOLERANCE = 1e-5  # absolute, on the final weights
 
@@ -41,7 +56,7 @@ WEIGHT_TOLERANCE = 1e-5  # absolute, on the final weights
 def run(launcher: str, run_dir: Path, arguments: list[str]):
     if LAUNCHERS[launcher] is None:
         return launch(arguments)
-    module = ["-m", "cpu_fsdp"] if "FSDP" in launcher else ["-m", "pipeline.cli"]
+    module = ["-m", "cpu_fsdp"] if "FSDP" in launcher and not GPUS else ["-m", "pipeline.cli"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([*LAUNCHERS[launcher], *module, "train", *arguments], env=env, capture_output=True,
@@ -93,7 +108,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_training_losses_equal_one_process(matrix, launcher):
     one, got = losses(matrix["1 process"]["dir"]), losses(matrix[launcher]["dir"])
-    assert sorted(got) == list(range(1, 13))
+    assert sorted(got) == list(range(1, 13))  # the losses at steps 1 and 12 are in the README's table
     for step in one:
         assert got[step] == pytest.approx(one[step], rel=LOSS_TOLERANCE), step
 
@@ -141,7 +156,8 @@ def test_resume_from_a_checkpoint_is_bitwise_on_the_same_launcher(matrix, launch
 def test_the_table(matrix):
     """The README's table, written where FLANPIPE_SHARDING_TABLE says (and checked to be complete)."""
     one = losses(matrix["1 process"]["dir"])
-    rows = ["| launcher (CPU, gloo) | loss step 1 | loss step 12 | max rel. loss diff. vs 1 process | "
+    device = f"{torch.cuda.get_device_name()}, nccl" if GPUS else "CPU, gloo"
+    rows = [f"| launcher ({device}) | loss step 1 | loss step 12 | max rel. loss diff. vs 1 process | "
             "final weights max abs. diff. | validation loss, rank acc., generations | resume | wall s |",
             "|---|---|---|---|---|---|---|---|"]
     reference = final_weights(matrix["1 process"]["dir"])
@@ -164,5 +180,20 @@ def test_an_fsdp_request_that_would_run_as_ddp_is_refused(world, tmp_path):
     result = launch(settings(world, tmp_path / "refused"), env={"ACCELERATE_USE_FSDP": "true"})
     assert result.returncode == 2, result.stdout + result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("flanpipe train: error:")]
-    assert "FSDP was requested" in line and "runs this as NO on device cpu" in line
+    assert "FSDP was requested" in line and "runs this as NO on device" in line
     assert not (tmp_path / "refused" / "checkpoints").exists()
+
+
+def test_flanpipe_eval_reads_an_fsdp_checkpoint_like_the_final_model(world, matrix, tmp_path):
+    run_dir = matrix[next(name for name in LAUNCHERS if name.startswith("FSDP2"))]["dir"]
+    assert (run_dir / "checkpoints" / "step-12" / "pytorch_model_fsdp.bin").exists()
+    tasks = run_dir.parent / "tasks"
+    found = {}
+    for name, target in (("final", run_dir / "final"), ("checkpoint", run_dir / "checkpoints" / "step-12")):
+        out = tmp_path / f"{name}.json"
+        result = launch([str(target), "--split", "validation", "--limit", "8", "--base", "none", "--out", str(out),
+                         *[s for s in settings(world, tmp_path) if not s.startswith(("run.dir=", "data.mixture="))],
+                         f"data.templates_dir={tasks}"], command="eval")
+        assert result.returncode == 0, result.stdout + result.stderr
+        found[name] = json.loads(out.read_text())["tasks"]
+    assert found["checkpoint"] == found["final"]
