@@ -42,8 +42,13 @@ class JSONLTracker(GeneralTracker):
     @on_main_process
     def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
         record = {"step": step, **{key: _jsonable(value) for key, value in values.items()}}
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        # One write of the whole line on an O_APPEND file: a process killed at any moment leaves whole lines.
+        line = (json.dumps(record) + "\n").encode()
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, line)
+        finally:
+            os.close(descriptor)
 
     @on_main_process
     def log_table(self, table_name: str, columns: list[str], data: list[list[Any]], step: int | None = None) -> None:

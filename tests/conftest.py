@@ -112,7 +112,10 @@ def launch(args: list[str], *, nproc: int = 1, wait: bool = True, env: dict | No
 def losses(run_dir: Path) -> dict[int, float]:
     """Step -> training loss from metrics.jsonl (the last record of a step wins: a resumed run repeats steps)."""
     found = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    text = (run_dir / "metrics.jsonl").read_text()
+    if not text.endswith("\n"):  # read while the trainer appends: the last line may be half there
+        text = text[: text.rfind("\n") + 1]
+    for line in text.splitlines():
         record = json.loads(line)
         if "train/loss" in record:
             found[record["step"]] = record["train/loss"]
