@@ -1,8 +1,8 @@
 """The `flanpipe` command line: thin subcommands over the package, read like a table of contents.
 
 Bad input (`UserError`) prints one line and exits 2; anything else is a bug and exits 1 with a traceback.
-`train` and `eval` import their modules when they run (they bring torch and transformers, seconds of start-up),
-so that `flanpipe tasks`, `render`, `lint` and `mixture` never import torch.
+`train`, `eval` and `render --tokenized` import their modules when they run (they bring torch and transformers,
+seconds of start-up), so that `flanpipe tasks`, `render`, `lint` and `mixture` never import torch.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.builtin.fetch import fetch_builtin
 from pipeline.config import SHIPPED_CONFIGS, load_config
+from pipeline.data.tokenize import encode_texts
 from pipeline.errors import UserError
 from pipeline.evaluate.results import format_scores
 from pipeline.files import write_json_atomically
@@ -102,6 +103,11 @@ def cmd_render(args: argparse.Namespace) -> None:
     pool = None
     if variant.few_shot:
         pool = ExemplarPool(load_split(task, "train", cache_dir, cfg.data.split_seed).to_list(), args.split == "train")
+    tokenizer = None
+    if args.tokenized:
+        from pipeline.modeling import load_model  # transformers: see the module docstring
+
+        _, tokenizer = load_model(cfg.model, cfg.data, tokenizer_only=True)
     for index in range(min(args.n, len(examples))):
         for template in templates:
             rendered = render_example(
@@ -111,9 +117,20 @@ def cmd_render(args: argparse.Namespace) -> None:
             )
             kind = "inversion" if template.inversion else variant.name
             print(f"── {task.name} · {args.split}[{index}] · {template.name} · {kind} " + "─" * 20)
-            print(rendered.input)
-            print(f"→ {rendered.target}")
+            if tokenizer is None:
+                print(rendered.input)
+                print(f"→ {rendered.target}")
+            else:
+                print(as_the_model_sees_it(tokenizer, rendered.input, cfg.data.max_input_length))
+                print(f"→ {as_the_model_sees_it(tokenizer, rendered.target, cfg.data.max_target_length)}")
             print()
+
+
+def as_the_model_sees_it(tokenizer, text: str, max_length: int) -> str:
+    """The text after a round trip through the model's tokenizer, as training encodes it (truncated, eos)."""
+    (ids,), (truncated,) = encode_texts(tokenizer, [text], max_length)
+    seen = tokenizer.decode(ids, skip_special_tokens=False)
+    return f"{seen}  [{len(ids)} tokens{', truncated' if truncated else ''}]"
 
 
 def cmd_lint(args: argparse.Namespace) -> None:
@@ -223,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--variant", default="zero_shot",
                         help="zero_shot, few_shot, zero_shot_options or few_shot_options (default zero_shot)")
     render.add_argument("--split", default="train", help="train, validation or test (default train)")
+    render.add_argument("--tokenized", action="store_true",
+                        help="show the text as model.name's tokenizer gives it to the model (a decoded round trip: "
+                             "what it drops, <unk>, truncation)")
 
     lint = command(
         "lint", cmd_lint, "check templates, task files and mixtures",

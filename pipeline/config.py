@@ -100,6 +100,9 @@ class DataConfig:
     """Order each rank's micro-batches by length to cut padding (deterministic)."""
     homogeneous_batches: bool = False
     """Draw every global batch from a single task instead of mixing tasks within a batch."""
+    max_unk_rate: float = 0.02
+    """Refuse to train when more than this share of the rendered text's tokens are the tokenizer's unknown token
+    (a tokenizer that does not fit the model or the data); 1 = never refuse."""
 
     def __post_init__(self) -> None:
         if self.few_shot_k < 0:
@@ -108,6 +111,8 @@ class DataConfig:
             raise UserError("data.max_input_length must be >= 8 and data.max_target_length >= 1")
         if self.num_proc < 1:
             raise UserError(f"data.num_proc must be >= 1, got {self.num_proc}")
+        if not 0 <= self.max_unk_rate <= 1:
+            raise UserError(f"data.max_unk_rate must be between 0 and 1, got {self.max_unk_rate}")
 
     def templates_path(self) -> Path:
         if self.templates_dir:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-from transformers import PreTrainedModel
+from transformers import GenerationConfig, PreTrainedModel
 from transformers.masking_utils import (
     ALL_MASK_ATTENTION_FUNCTIONS,
     and_masks,
@@ -52,6 +52,7 @@ from transformers.masking_utils import (
 from transformers.modeling_outputs import BaseModelOutput
 
 from pipeline.data.collate import LABEL_PAD
+from pipeline.errors import UserError
 
 
 def segment_attention_masks(config: Any, encoder_segment_ids: torch.Tensor, decoder_segment_ids: torch.Tensor,
@@ -123,8 +124,7 @@ class Seq2SeqLogits(nn.Module):
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         if "generate" in batch:
-            return self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                       do_sample=False, **batch["generate"])
+            return _generate_plainly(self.model, batch)
         return seq2seq_forward(self.model, batch)
 
     def tie_weights(self, *args: Any, **kwargs: Any) -> None:
@@ -134,6 +134,40 @@ class Seq2SeqLogits(nn.Module):
         `shared` in its own FSDP group while the encoder's and decoder's `embed_tokens`, the same parameter, stay
         in the root group, which torch refuses.)"""
         self.model.tie_weights(*args, **kwargs)
+
+
+def _generate_plainly(model: PreTrainedModel, batch: Mapping[str, Any]) -> torch.Tensor:
+    """`model.generate` with exactly the settings asked for (greedy or beams, a length): a checkpoint's own
+    generation config (BART's `forced_bos_token_id` and `no_repeat_ngram_size`, say) would otherwise fill in
+    every setting left unset. The decoder starts as in training, from `config.decoder_start_token_id`."""
+    config = model.config
+    tokens = {"decoder_start_token_id": config.decoder_start_token_id, "eos_token_id": config.eos_token_id,
+              "pad_token_id": config.pad_token_id}
+    settings = dict(batch["generate"])
+    synced = settings.pop("synced_gpus", False)
+    inherited, model.generation_config = model.generation_config, GenerationConfig(**tokens)
+    try:
+        return model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              generation_config=GenerationConfig(**tokens, do_sample=False, **settings),
+                              synced_gpus=synced)
+    finally:
+        model.generation_config = inherited
+
+
+# Architectures whose positions are relative to each token (T5's bias on key - query distance): packed rows give
+# every example the logits it has alone. Others (BART's learned absolute positions) number a packed row's tokens
+# as one sequence, so their packed losses differ (up to 0.36 nats per example measured on BART).
+PACKABLE_MODEL_TYPES = ("t5", "mt5")
+
+
+def check_packing(config: Any, packing: bool) -> None:
+    """Refuse `data.packing=true` for a model whose packed forward would differ from the unpacked one."""
+    if packing and config.model_type not in PACKABLE_MODEL_TYPES:
+        raise UserError(
+            f"data.packing=true: {config.model_type} models number positions over the whole packed row, so packed "
+            f"examples would be scored differently from unpacked ones; packing is verified for "
+            f"{', '.join(PACKABLE_MODEL_TYPES)} models only. Set data.packing=false"
+        )
 
 
 def as_forward(model: nn.Module) -> nn.Module:

@@ -12,6 +12,8 @@ mT5 and BART load the same way. `trust_remote_code` stays off unless the caller 
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -39,22 +41,56 @@ from pipeline.default_model import (
     text_fingerprint,
 )
 from pipeline.errors import UserError, one_line
+from pipeline.files import content_hash
 from pipeline.tasks.rendering import sample_texts, texts_fingerprint
 from pipeline.tasks.task import load_tasks
 
 
-def load_model(model: ModelConfig, data: DataConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The configured model and tokenizer. The embedded default is created from the *shipped* built-in suite's
-    text (cached under `data.cache_dir`), so every run and evaluation shares one base model."""
+class _UntiedHeadNotice(logging.Filter):
+    """transformers 5 reads T5's `tie_word_embeddings: false` as "tie, without rescaling" and then warns, on every
+    load of FLAN-T5, T5 v1.1 and mT5, that their separate `lm_head` is not tied and the config should say
+    `tie_word_embeddings=False`, which it does. The head is loaded untied, as it should be."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "but both are present in the checkpoints with different values" not in record.getMessage()
+
+
+logging.getLogger("transformers.modeling_utils").addFilter(_UntiedHeadNotice())
+
+
+def load_model(model: ModelConfig, data: DataConfig, tokenizer_only: bool = False
+               ) -> tuple[PreTrainedModel | None, PreTrainedTokenizerBase]:
+    """The configured model and tokenizer (the model None with `tokenizer_only`). The embedded default is
+    created from the *shipped* built-in suite's text (cached under `data.cache_dir`), so every run and evaluation
+    shares one base model."""
     cache_dir = data.cache_path()
     if model.name != DEFAULT_MODEL:
-        return load_model_and_tokenizer(model.name, trust_remote_code=model.trust_remote_code, cache_dir=cache_dir)
+        return load_model_and_tokenizer(model.name, trust_remote_code=model.trust_remote_code, cache_dir=cache_dir,
+                                        tokenizer_only=tokenizer_only)
     tasks = load_tasks(SHIPPED_TEMPLATES)
     return load_model_and_tokenizer(
-        model.name, cache_dir=cache_dir,
+        model.name, cache_dir=cache_dir, tokenizer_only=tokenizer_only,
         default_texts=lambda: sample_texts(tasks, cache_dir, split_seed=data.split_seed),
         texts_fingerprint=texts_fingerprint(tasks, cache_dir, data.split_seed),
     )
+
+
+def weights_fingerprint(model: PreTrainedModel) -> str:
+    """What a model's cached scores are keyed by: its name and, for a local folder, its config and weight files
+    (name, size, modification time and first MiB, which holds a safetensors file's header), so weights replaced
+    in place are scored again; for a hub model, the revision it was loaded at."""
+    name = str(model.config.name_or_path)
+    folder = Path(name)
+    if not folder.is_dir():
+        return content_hash(name, getattr(model.config, "_commit_hash", None))
+    files = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix in (".safetensors", ".bin", ".json") and path.is_file():
+            with open(path, "rb") as handle:
+                head = hashlib.sha256(handle.read(1 << 20)).hexdigest()
+            stat = path.stat()
+            files.append((path.name, stat.st_size, stat.st_mtime_ns, head))
+    return content_hash(name, files)
 
 
 def load_weights(model: PreTrainedModel, checkpoint: Path, model_name: str) -> None:
@@ -77,7 +113,8 @@ def load_weights(model: PreTrainedModel, checkpoint: Path, model_name: str) -> N
     if unexpected or [k for k in missing if "embed_tokens" not in k and "lm_head" not in k]:
         raise UserError(f"{checkpoint}: the checkpoint's weights do not fit {model_name} "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.tie_weights()
+    # No `tie_weights()` here: names a tied model shares are one Parameter, so loading one loads all; and on an
+    # untied model (FLAN-T5, T5 v1.1, mT5) transformers 5 would re-tie the trained `lm_head` to the embedding.
 
 
 def load_model_and_tokenizer(
@@ -90,8 +127,10 @@ def load_model_and_tokenizer(
     spec: DefaultModelSpec = DEFAULT_SPEC,
     seed: int = 0,
     texts_fingerprint: str | None = None,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load an encoder-decoder model and its tokenizer by hub name or local folder.
+    tokenizer_only: bool = False,
+) -> tuple[PreTrainedModel | None, PreTrainedTokenizerBase]:
+    """Load an encoder-decoder model and its tokenizer by hub name or local folder (not the weights, with
+    `tokenizer_only`).
 
     `DEFAULT_MODEL` creates the embedded default on first use (from `spec`, `seed` and the text that
     `default_texts()` yields, under `cache_dir`, default $FLANPIPE_CACHE) and loads it from there afterwards.
@@ -109,12 +148,13 @@ def load_model_and_tokenizer(
         if not (folder / PROVENANCE_FILE).exists():
             create_default_model(folder, default_texts, spec, seed)
         name, trust_remote_code = str(folder), False
-    return _load_pretrained(name, trust_remote_code=trust_remote_code, dtype=torch_dtype)
+    return _load_pretrained(name, trust_remote_code=trust_remote_code, dtype=torch_dtype,
+                            tokenizer_only=tokenizer_only)
 
 
 def _load_pretrained(
-    name: str, *, trust_remote_code: bool, dtype: str | torch.dtype | None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    name: str, *, trust_remote_code: bool, dtype: str | torch.dtype | None, tokenizer_only: bool = False
+) -> tuple[PreTrainedModel | None, PreTrainedTokenizerBase]:
     _check_local_folder(name)
     hint = f"set model.name to a local folder holding a saved model, or model.name={DEFAULT_MODEL}"
     try:
@@ -132,6 +172,8 @@ def _load_pretrained(
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except OSError as error:
         raise UserError(f"model {name!r}: cannot load its tokenizer ({one_line(error)}); {hint}") from error
+    if tokenizer_only:
+        return None, tokenizer
     kwargs: dict[str, Any] = {"config": config, "trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype

@@ -76,7 +76,7 @@ def world(tmp_path_factory):
     (mixtures / "mix.yaml").write_text("members: {colour: {}, echo: {}}\nvariants: {few_shot: 0.25, options: 0.5}\n")
     (mixtures / "missing.yaml").write_text("members: {colour: {}, nosuchtask: {}}\n")
 
-    from pipeline.modeling import DefaultModelSpec, create_default_model
+    from pipeline.default_model import DefaultModelSpec, create_default_model
 
     texts = [f"Is it colourful? Repeat: Copy the words: Colourful? OPTIONS: yes no {r['text']}" for r in rows]
     spec = DefaultModelSpec(vocab_size=160, d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,

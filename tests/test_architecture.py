@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 DEFERRED = {
     ("pipeline.cli", "pipeline.train.loop"): "torch and transformers: `flanpipe render` and `lint` stay light",
     ("pipeline.cli", "pipeline.evaluate.command"): "torch and transformers: `flanpipe render` and `lint` stay light",
+    ("pipeline.cli", "pipeline.modeling"): "transformers, for `render --tokenized` only",
 }
 MAX_LINES = 420
 

@@ -80,3 +80,10 @@ def test_render_does_not_import_torch(tasks_dir, cache_dir):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_render_tokenized_shows_what_the_model_sees(capsys, world):
+    main(["render", "colour", "-n", "1", "--tokenized", f"data.templates_dir={world['tasks']}",
+          f"data.cache_dir={world['cache']}", f"model.name={world['model']}", "data.max_input_length=8"])
+    out = capsys.readouterr().out
+    assert "tokens, truncated]" in out and "</s>" in out  # an 8-token input is cut; eos is what training appends

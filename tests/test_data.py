@@ -14,7 +14,7 @@ from pipeline.data.collate import (
     make_collator,
     pack_rows,
 )
-from pipeline.data.tokenize import TruncationStats, encode_texts, tokenize_batch
+from pipeline.data.tokenize import TruncationStats, check_tokenizer, encode_texts, shown, tokenize_batch
 
 
 def padding_efficiency(batch):
@@ -136,3 +136,11 @@ def test_make_collator_follows_data_packing(tokenizer):
                             tokenizer, 0)
     assert isinstance(packing, PackingCollator)
     assert (packing.input_row_length, packing.target_row_length, packing.pad_to_multiple_of) == (256, 64, 8)
+
+
+def test_check_tokenizer_finds_unknown_and_dropped_characters(tokenizer):
+    texts = ["the film was good", "yes\nno {x}"]  # the word-level tokenizer knows neither `\n`-joined words nor {x}
+    check = check_tokenizer(tokenizer, texts)
+    assert 0 < check.unk_rate < 1
+    assert "{" in check.lost and "x" in check.lost
+    assert shown(["\n", "{"]) == "\\n {"

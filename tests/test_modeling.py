@@ -6,6 +6,7 @@ import collections
 import json
 import pathlib
 import pydoc
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -262,3 +263,18 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_a_user_error(tokenizer, t
     tokenizer.save_pretrained(tmp_path)  # 300 tokens
     with pytest.raises(UserError, match="300 tokens but the model embeds only 200"):
         load_model_and_tokenizer(str(tmp_path))
+
+
+def test_weights_fingerprint_follows_the_weights_not_the_path(tiny_default, tmp_path):
+    """The base-score cache is keyed by it: weights replaced in place must not bring back the old scores."""
+    from pipeline.modeling import weights_fingerprint
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_default, folder)
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    before = weights_fingerprint(model)
+    assert weights_fingerprint(AutoModelForSeq2SeqLM.from_pretrained(folder)) == before
+    with torch.no_grad():
+        model.shared.weight.mul_(2)
+    model.save_pretrained(folder)
+    assert weights_fingerprint(AutoModelForSeq2SeqLM.from_pretrained(folder)) != before

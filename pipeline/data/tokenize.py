@@ -77,3 +77,36 @@ class TruncationStats:
 
         return (f"{what}: {self.examples:,} tokenized; inputs truncated {share(self.inputs_truncated)}, "
                 f"targets truncated {share(self.targets_truncated)}")
+
+
+@dataclass(frozen=True)
+class TokenizerCheck:
+    """What a tokenizer does to a sample of rendered text."""
+
+    unk_rate: float
+    """Share of the sample's tokens that are the unknown token."""
+    lost: tuple[str, ...]
+    """Characters that become the unknown token."""
+    dropped: tuple[str, ...]
+    """Characters that vanish or change without an unknown token (T5's vocabulary turns newlines into spaces)."""
+
+
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> TokenizerCheck:
+    """Encode a sample of rendered prompts and targets; find the characters the model never sees as written."""
+    unknown = tokenizer.unk_token_id
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    tokens = sum(map(len, encoded))
+    unknowns = sum(ids.count(unknown) for ids in encoded) if unknown is not None else 0
+    lost, dropped = [], []
+    for character in sorted(set("".join(texts)) - {" "}):
+        ids = tokenizer(f"a{character}b", add_special_tokens=False)["input_ids"]
+        if unknown is not None and unknown in ids:
+            lost.append(character)
+        elif character not in tokenizer.decode(ids):
+            dropped.append(character)
+    return TokenizerCheck(unknowns / max(1, tokens), tuple(lost), tuple(dropped))
+
+
+def shown(characters: Sequence[str]) -> str:
+    """Characters as a reader can see them in one line (a newline as \\n, a tab as \\t)."""
+    return " ".join(repr(c)[1:-1] for c in characters)

@@ -23,8 +23,8 @@ from pipeline.data.batcher import Batcher
 from pipeline.errors import UserError
 from pipeline.evaluate.evaluator import Evaluator
 from pipeline.evaluate.results import add_base
-from pipeline.forward import Seq2SeqLogits
-from pipeline.modeling import load_model, load_weights
+from pipeline.forward import Seq2SeqLogits, check_packing
+from pipeline.modeling import load_model, load_weights, weights_fingerprint
 from pipeline.tasks.rendering import ZERO_SHOT, Variant
 from pipeline.tasks.task import get_task, load_tasks
 
@@ -70,12 +70,13 @@ def evaluate_model(target: str, cfg: Config, task_names: Sequence[str] | None, s
     def score(model_name: str, cached: bool = False) -> tuple[dict[str, Any], str]:
         with accelerator.main_process_first():
             model, tokenizer, description = load_for_evaluation(model_name, cfg)
+            check_packing(model.config, cfg.data.packing)
             batcher = Batcher(tokenizer, cfg.data, model.config.decoder_start_token_id)
             evaluator = Evaluator(tasks, names, batcher, cfg.eval, cfg.data, seed=cfg.run.seed, split=split,
                                   limit=limit, variant=variant)
         wrapped = accelerator.prepare(Seq2SeqLogits(model))
         if cached:
-            return evaluator.cached_scores(accelerator, wrapped, model.config.name_or_path), description
+            return evaluator.cached_scores(accelerator, wrapped, weights_fingerprint(model)), description
         return evaluator.scores(accelerator, wrapped, progress=True), description
 
     results, description = score(target)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -28,15 +29,16 @@ from tqdm.auto import tqdm
 from pipeline.checkpoints import find_resume_checkpoint
 from pipeline.config import Config, TrainConfig
 from pipeline.data.batcher import Batcher
+from pipeline.data.tokenize import check_tokenizer, shown
 from pipeline.errors import UserError
 from pipeline.evaluate.evaluator import SAMPLE_COLUMNS, Evaluator
 from pipeline.evaluate.results import add_base
 from pipeline.files import staged_folder, write_json_atomically
-from pipeline.forward import Seq2SeqLogits, example_loss_sums, inner_model, token_losses
+from pipeline.forward import Seq2SeqLogits, check_packing, example_loss_sums, inner_model, token_losses
 from pipeline.importers.benchmarks import refuse_training_on_benchmarks
 from pipeline.mixing.sampler import MixtureSampler
 from pipeline.mixing.tree import RegistryStats, load_mixture
-from pipeline.modeling import load_model
+from pipeline.modeling import load_model, weights_fingerprint
 from pipeline.tasks.task import load_tasks
 from pipeline.tracking import log_samples
 from pipeline.train.feed import TrainingFeed
@@ -69,11 +71,13 @@ def train(cfg: Config) -> dict[str, Any]:
         mixture = load_mixture(cfg.data.mixture, stats, cfg.data.mixtures_path())
         refuse_training_on_benchmarks([tasks[name] for name in mixture.shares])
         model, tokenizer = load_model(cfg.model, cfg.data)
+        check_packing(model.config, cfg.data.packing)
         start_token = model.config.decoder_start_token_id
         feed = TrainingFeed(tasks, list(mixture.shares), Batcher(tokenizer, cfg.data, start_token), cfg.data,
                             cfg.run.seed)
         evaluator = Evaluator(tasks, [*mixture.shares, *mixture.held_out], Batcher(tokenizer, cfg.data, start_token),
                               cfg.eval, cfg.data, seed=cfg.run.seed)
+    check_the_tokenizer(accelerator, tokenizer, evaluator, cfg)
     sampler = MixtureSampler(mixture, seed=cfg.run.seed, homogeneous=cfg.data.homogeneous_batches)
     accelerator.print(f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters; "
                       f"mixture {mixture.name}: {len(mixture.shares)} tasks, {len(mixture.held_out)} held out; "
@@ -96,7 +100,7 @@ def train(cfg: Config) -> dict[str, Any]:
     window = LogWindow()
     if state.step == 0:
         accelerator.log({f"mixture/target/{task}": share for task, share in mixture.shares.items()}, step=0)
-        base = evaluator.cached_scores(accelerator, model, inner_model(model).config.name_or_path)
+        base = evaluator.cached_scores(accelerator, model, weights_fingerprint(inner_model(model)))
         if accelerator.is_main_process:
             write_json_atomically(run_dir / "eval" / "base_validation.json", {"model": cfg.model.name, "tasks": base})
         state.first_validation = log_validation(accelerator, evaluator, model, state.step,
@@ -145,7 +149,8 @@ def train(cfg: Config) -> dict[str, Any]:
                                       losses={task: result["loss"] for task, result in scores["tasks"].items()})
     accelerator.log({f"eval/{task}/{metric}": value for task, result in scores["tasks"].items()
                      for metric, value in result["metrics"].items()}, step=state.step)
-    save(accelerator, run_dir, cfg, state, sampler)
+    if not (cfg.train.save_every and state.step % cfg.train.save_every == 0):  # else the loop just saved it
+        save(accelerator, run_dir, cfg, state, sampler)
     save_final_model(accelerator, model, tokenizer, run_dir)
     summary = _summary(state, final_validation, run_dir)
     accelerator.log({"summary/" + k: v for k, v in summary.items() if isinstance(v, int | float)}, step=state.step)
@@ -183,6 +188,24 @@ def train_step(accelerator: Accelerator, model: Any, optimizer: Any, scheduler: 
                 scheduler.step()
                 optimizer.zero_grad()
     return window.last_step_loss(accelerator)
+
+
+def check_the_tokenizer(accelerator: Accelerator, tokenizer: Any, evaluator: Evaluator, cfg: Config) -> None:
+    """Refuse a tokenizer that turns too much of the rendered text into `<unk>`; say which characters the model
+    will never see as written (real T5's vocabulary has no newline, no `{` or `}`)."""
+    texts = [text for rows in evaluator.rows.values() for row in rows for text in (row.input, row.target)]
+    check = check_tokenizer(tokenizer, texts)
+    if check.unk_rate > cfg.data.max_unk_rate:
+        raise UserError(
+            f"model {cfg.model.name}: its tokenizer turns {check.unk_rate:.1%} of the rendered prompts' and targets' "
+            f"tokens into {tokenizer.unk_token} (data.max_unk_rate={cfg.data.max_unk_rate}); characters it loses: "
+            f"{shown(check.lost[:40]) or '(whole words)'}. Is it the model's own tokenizer? Raise data.max_unk_rate "
+            "to train anyway"
+        )
+    if check.lost or check.dropped:
+        accelerator.print(f"note: {cfg.model.name}'s tokenizer never shows the model these characters of the "
+                          f"rendered text: {shown([*check.lost, *check.dropped][:40])} (`flanpipe render TASK "
+                          "--tokenized` shows what the model sees)")
 
 
 def log_validation(accelerator: Accelerator, evaluator: Evaluator, model: Any, step: int,
@@ -227,7 +250,26 @@ def save_final_model(accelerator: Accelerator, model: Any, tokenizer: Any, run_d
         with staged_folder(run_dir / "final") as staging:
             inner.save_pretrained(staging, state_dict=weights, safe_serialization=True)
             tokenizer.save_pretrained(staging)
+            keep_hub_conventions(inner, tokenizer, staging)
     accelerator.wait_for_everyone()
+
+
+def keep_hub_conventions(model: Any, tokenizer: Any, folder: Path) -> None:
+    """Make a saved folder read like the hub checkpoint it came from. transformers 5 writes an untied T5's config
+    (FLAN-T5, T5 v1.1, mT5) as `tie_word_embeddings: true` (its own reading of "no rescaling"), which older
+    transformers would load with the head tied to the embedding: the config says `false` again. And the
+    tokenizer's original vocabulary files (`spiece.model`, `vocab.json` + `merges.txt`) are copied beside
+    `tokenizer.json`, for the tools that read only those."""
+    output, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if output is not None and output.weight is not embeddings.weight:
+        config = json.loads((folder / "config.json").read_text())
+        if config.get("tie_word_embeddings", False):
+            config["tie_word_embeddings"] = False
+            (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for attribute in ("vocab_file", "merges_file"):
+        source = getattr(tokenizer, attribute, None)
+        if isinstance(source, str) and Path(source).is_file() and not (folder / Path(source).name).exists():
+            shutil.copy(source, folder / Path(source).name)
 
 
 def _progress(accelerator: Accelerator, train: TrainConfig, start: int) -> tqdm:
