@@ -37,6 +37,11 @@ def _config(args: argparse.Namespace):
     return load_config(preset, getattr(args, "overrides", []) or [])
 
 
+def _at_least(value: int | None, minimum: int, flag: str) -> None:
+    if value is not None and value < minimum:
+        raise UserError(f"{flag} must be at least {minimum}, got {value}")
+
+
 def _quiet_datasets() -> None:
     """Commands that only peek at data keep datasets' per-split progress bars off the terminal."""
     import datasets
@@ -93,6 +98,7 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> None:
+    _at_least(args.n, 0, "-n")
     cfg = _config(args)
     _quiet_datasets()
     task = get_task(_tasks(cfg), args.task)
@@ -168,6 +174,7 @@ def cmd_import_promptsource(args: argparse.Namespace) -> None:
 
 
 def cmd_mixture(args: argparse.Namespace) -> None:
+    _at_least(args.steps, 0, "--steps")
     cfg = _config(args)
     _quiet_datasets()
     stats = RegistryStats(_tasks(cfg), cfg.data.cache_path(), cfg.data.split_seed)
@@ -183,12 +190,15 @@ def cmd_mixture(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from pipeline.train.loop import train  # torch, transformers: see the module docstring
 
-    train(_config(args))
+    cfg = _config(args)
+    _quiet_datasets()  # its per-file "Generating split" bars; flanpipe shows its own progress
+    train(cfg)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from pipeline.evaluate.command import base_model_of, evaluate_model  # torch: see the module docstring
 
+    _at_least(args.limit, 1, "--limit")
     cfg = _config(args)
     _quiet_datasets()
     base = base_model_of(args.model) if args.base == "auto" else (None if args.base == "none" else args.base)

@@ -16,6 +16,7 @@ installed wheel (`pipeline/shipped/`, copied there by setup.py) or, in a source 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -56,6 +57,14 @@ def default_cache_dir() -> Path:
     if os.environ.get("FLANPIPE_CACHE"):
         return Path(os.environ["FLANPIPE_CACHE"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "flanpipe"
+
+
+def check_at_least(section: str, key: str, value: float, minimum: float, *, above: bool = False) -> None:
+    """Refuse a setting below its bound (or not above it), and any NaN or infinity, naming the key."""
+    bad = not math.isfinite(value) or (value <= minimum if above else value < minimum)
+    if bad:
+        relation = ">" if above else ">="
+        raise UserError(f"{section}.{key} must be a finite number {relation} {minimum:g}, got {value}")
 
 
 @dataclass
@@ -113,6 +122,7 @@ class DataConfig:
             raise UserError(f"data.num_proc must be >= 1, got {self.num_proc}")
         if not 0 <= self.max_unk_rate <= 1:
             raise UserError(f"data.max_unk_rate must be between 0 and 1, got {self.max_unk_rate}")
+        check_at_least("data", "pad_to_multiple_of", self.pad_to_multiple_of, 0)
 
     def templates_path(self) -> Path:
         if self.templates_dir:
@@ -182,8 +192,9 @@ class TrainConfig:
         for key in ("warmup_steps", "eval_every", "save_every"):
             if getattr(self, key) < 0:
                 raise UserError(f"train.{key} must be >= 0, got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise UserError(f"train.lr must be > 0, got {self.lr}")
+        check_at_least("train", "lr", self.lr, 0, above=True)
+        check_at_least("train", "weight_decay", self.weight_decay, 0)
+        check_at_least("train", "max_grad_norm", self.max_grad_norm, 0)
 
 
 @dataclass
@@ -198,6 +209,11 @@ class EvalConfig:
     """Beam search width; 1 = greedy (FLAN's default for evaluation)."""
     samples: int = 3
     """Sample generations per task logged at each evaluation."""
+
+    def __post_init__(self) -> None:
+        for key, minimum in (("max_examples", 0), ("batch_size", 1), ("max_new_tokens", 1), ("num_beams", 1),
+                             ("samples", 0)):
+            check_at_least("eval", key, getattr(self, key), minimum)
 
 
 @dataclass

@@ -79,6 +79,11 @@ NUMBER_BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
 
 def checked_number(value: Any, bound: str, where: str) -> float:
     check, wanted = NUMBER_BOUNDS[bound]
+    if isinstance(value, str):
+        try:
+            value = float(value)  # YAML 1.1 reads `1e-3` and `1.0e308` (no dot, or no exponent sign) as strings
+        except ValueError:
+            pass
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not check(value):
         raise UserError(f"{where} must be {wanted}, got {value!r}")
     return float(value)

@@ -215,8 +215,12 @@ def _level_rates(spec: MixtureFile, children: list[Node]) -> np.ndarray:
     if "cap" in rule_parameters(spec.rule):
         parameters["cap"] = np.array([math.inf if c.cap is None else c.cap for c in children])
     sizes = np.array([child.n for child in children], dtype=np.float64)
-    rates = np.array([child.weight for child in children]) * STRATEGIES[spec.rule](sizes, **parameters)
-    total = rates.sum()
+    with np.errstate(over="ignore", invalid="ignore"):
+        rates = np.array([child.weight for child in children]) * STRATEGIES[spec.rule](sizes, **parameters)
+        total = rates.sum()
+    if not (np.all(np.isfinite(rates)) and np.isfinite(total)):
+        raise UserError(f"{spec.path}: members: the rates overflow (a weight, size ** (1 / temperature) or their sum "
+                        "is not a finite number); use a larger rate.temperature or smaller weights")
     if not total > 0:
         raise UserError(f"{spec.path}: members: every member's rate is 0 (zero weights or no examples); "
                         "give at least one member a positive weight and some training examples")

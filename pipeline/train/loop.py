@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from pipeline.checkpoints import find_resume_checkpoint
+from pipeline.checkpoints import choose_resume_checkpoint
 from pipeline.config import Config, TrainConfig
 from pipeline.data.batcher import Batcher
 from pipeline.data.tokenize import check_tokenizer, shown
@@ -89,13 +89,16 @@ def train(cfg: Config) -> dict[str, Any]:
     optimizer, scheduler = make_optimizer(cfg.train, model)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)  # FSDP swaps in its parameters
 
-    state = TrainState()
-    checkpoint = find_resume_checkpoint(cfg.train.resume, run_dir)
+    state, changed = TrainState(), []
+    checkpoint = choose_resume_checkpoint(accelerator, cfg.train.resume, run_dir)
     if checkpoint is not None:
-        state = resume(accelerator, checkpoint, cfg, sampler)
-        accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+        state, changed = resume(accelerator, checkpoint, cfg, sampler, optimizer, scheduler)
+        accelerator.print(f"resumed from {checkpoint} at step {state.step}"
+                          + (f" with changed settings: {', '.join(changed)}" if changed else ""))
 
     accelerator.init_trackers(cfg.log.wandb_project, config=flat_config(cfg.to_dict()), init_kwargs=tracker_kwargs)
+    if changed:
+        accelerator.log({"resume/changed": ", ".join(changed)}, step=state.step)
     stop = StopSignal(accelerator)
     window = LogWindow()
     if state.step == 0:

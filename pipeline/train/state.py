@@ -42,9 +42,15 @@ class TrainState:
     """Per-task validation loss before training, for the end-of-run summary."""
 
 
-def resume(accelerator: Accelerator, checkpoint: Path, cfg: Config, sampler: MixtureSampler) -> TrainState:
-    """Load a checkpoint into the prepared model, optimizer and scheduler, the sampler and a `TrainState`;
-    refuses one trained with settings that shape the data or the model differently (`RESUME_MUST_MATCH`)."""
+def resume(accelerator: Accelerator, checkpoint: Path, cfg: Config, sampler: MixtureSampler, optimizer: Any,
+           scheduler: Any) -> tuple[TrainState, list[str]]:
+    """Load a checkpoint into the prepared model, optimizer and scheduler, the sampler and a `TrainState`.
+
+    Settings that shape the data or the model (`RESUME_MUST_MATCH`) must be as they were. Every other setting
+    may change and takes effect from here; the changes are returned (as "key old -> new") to be printed and
+    logged: the learning rate and schedule in particular, which the scheduler's saved state would otherwise quietly
+    keep as they were.
+    """
     records = read_records(checkpoint)
     saved, current = flat_config(records["config"]), flat_config(cfg.to_dict())
     for key in RESUME_MUST_MATCH:
@@ -56,7 +62,22 @@ def resume(accelerator: Accelerator, checkpoint: Path, cfg: Config, sampler: Mix
     accelerator.load_state(str(checkpoint))
     sampler.load_state_dict(records["sampler"])
     known = {f.name for f in dataclasses.fields(TrainState)}
-    return TrainState(**{k: v for k, v in records["train_state"].items() if k in known})
+    state = TrainState(**{k: v for k, v in records["train_state"].items() if k in known})
+    changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in current.items()
+               if key in saved and saved[key] != value and not key.startswith("run.")]
+    if changed:
+        _apply_learning_rate(optimizer, scheduler, cfg.train.lr)
+    return state, changed
+
+
+def _apply_learning_rate(optimizer: Any, scheduler: Any, lr: float) -> None:
+    """The configured peak learning rate and schedule from the scheduler's position on. (The schedule's shape,
+    warmup and length come from the current settings already; the peak is part of its saved state.)"""
+    inner = getattr(scheduler, "scheduler", scheduler)
+    inner.base_lrs = [lr for _ in inner.base_lrs]
+    for group, factor in zip(optimizer.param_groups, inner.lr_lambdas, strict=True):
+        group["lr"] = lr * factor(inner.last_epoch)
+    inner._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def save(accelerator: Accelerator, run_dir: Path, cfg: Config, state: TrainState, sampler: MixtureSampler) -> Path:

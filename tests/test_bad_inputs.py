@@ -1,0 +1,102 @@
+"""Bad input: one line naming the setting, flag or file and how to fix it; exit 2; no traceback; nothing written.
+
+Each case runs `flanpipe` in-process (`pipeline.cli.main`) with the run folder, cache and a copy of the test tasks
+under tmp_path, and checks the error line, the exit status and that the run folder was never created.
+"""
+
+import pytest
+from conftest import write_task
+
+from pipeline.cli import main
+
+# (command and its arguments, text the one error line must contain)
+SETTINGS = [
+    (["train.lr=nan"], "train.lr must be a finite number > 0"),
+    (["train.lr=inf"], "train.lr must be a finite number > 0"),
+    (["train.lr=0"], "train.lr must be a finite number > 0"),
+    (["train.lr=-1e-3"], "train.lr must be a finite number > 0"),
+    (["train.weight_decay=-0.1"], "train.weight_decay must be a finite number >= 0"),
+    (["train.max_grad_norm=-1"], "train.max_grad_norm must be a finite number >= 0"),
+    (["train.max_grad_norm=nan"], "train.max_grad_norm must be a finite number >= 0"),
+    (["train.max_steps=0"], "train.max_steps must be >= 1"),
+    (["train.batch_size=-8"], "train.batch_size must be >= 1"),
+    (["train.warmup_steps=-1"], "train.warmup_steps must be >= 0"),
+    (["train.keep_last=0"], "train.keep_last must be >= 1"),
+    (["eval.batch_size=0"], "eval.batch_size must be a finite number >= 1"),
+    (["eval.num_beams=0"], "eval.num_beams must be a finite number >= 1"),
+    (["eval.max_new_tokens=-5"], "eval.max_new_tokens must be a finite number >= 1"),
+    (["eval.max_examples=-1"], "eval.max_examples must be a finite number >= 0"),
+    (["eval.samples=-2"], "eval.samples must be a finite number >= 0"),
+    (["data.pad_to_multiple_of=-8"], "data.pad_to_multiple_of must be a finite number >= 0"),
+    (["data.max_unk_rate=1.5"], "data.max_unk_rate must be between 0 and 1"),
+    (["data.few_shot_k=-1"], "data.few_shot_k must be >= 0"),
+    (["data.max_input_length=4"], "data.max_input_length must be >= 8"),
+    (["data.num_proc=0"], "data.num_proc must be >= 1"),
+    (["train.optimizer=sgd"], "train.optimizer='sgd' is not one of: adafactor, adamw"),
+    (["train.schedule=exponential"], "is not one of: constant, linear, cosine"),
+    (["train.loss_per=row"], "is not one of: token, example, task"),
+    (["train.max_steps=many"], "train.max_steps='many' must be of type int"),
+    (["train.nosuchkey=1"], "unknown key 'train.nosuchkey'"),
+    (["nosuchsection.key=1"], "unknown key 'nosuchsection'"),
+    (["log.trackers=[mlflow]"], "log.trackers: unknown tracker 'mlflow'"),
+    (["trainlr=1"], "expected section.key=value"),
+    (["data.mixture=nosuchmixture"], "unknown mixture 'nosuchmixture'"),
+    (["data.mixture=overflow"], "the rates overflow"),
+    (["data.mixture=hot"], "the rates overflow"),
+    (["data.mixture=empty"], "members: empty mixture"),
+    (["data.mixture=heldtrained"], "is also trained on"),
+    (["model.name=./no/such/folder"], "no such folder"),
+]
+COMMANDS = [
+    (["render", "tiny", "-n", "-1"], "-n must be at least 0"),
+    (["render", "nosuchtask"], "unknown task 'nosuchtask'"),
+    (["render", "tiny", "--variant", "three_shot"], "unknown variant 'three_shot'"),
+    (["render", "tiny", "--split", "dev"], "unknown split 'dev'"),
+    (["render", "tiny", "--template", "nosuch"], "has no template 'nosuch'"),
+    (["mixture", "mix", "--steps", "-5"], "--steps must be at least 0"),
+    (["mixture", "nosuchmixture"], "unknown mixture 'nosuchmixture'"),
+    (["eval", "flanpipe/t5-tiny", "--limit", "-3"], "--limit must be at least 1"),
+    (["eval", "flanpipe/t5-tiny", "--limit", "0"], "--limit must be at least 1"),
+    (["lint", "no/such/path"], "no/such/path: no such file or folder"),
+    (["import-promptsource", "no/such/templates.yaml"], "cannot read promptsource file"),
+]
+
+
+@pytest.fixture
+def project(tmp_path, tasks_dir, cache_dir):
+    mixtures = tmp_path / "mixtures"
+    mixtures.mkdir()
+    (mixtures / "mix.yaml").write_text("members: {tiny: {}}\n")
+    (mixtures / "overflow.yaml").write_text("members: {tiny: {weight: 1.0e308}, other: {weight: 1.0e308}}\n")
+    (mixtures / "hot.yaml").write_text("rate: {rule: temperature, temperature: 1.0e-9}\nmembers: {tiny: {}}\n")
+    (mixtures / "empty.yaml").write_text("members: {}\n")
+    (mixtures / "heldtrained.yaml").write_text("members: {tiny: {}}\nheld_out: [tiny]\n")
+    write_task(tasks_dir, "other", "source: {files: data.jsonl}\ncarve: {validation: 2, test: 2}\n",
+               {"t": "{{ text }}\n|||\n{{ label }}\n"}, [{"text": f"t{i}", "label": "x"} for i in range(20)])
+    return [f"data.templates_dir={tasks_dir}", f"data.mixtures_dir={mixtures}", f"run.dir={tmp_path / 'run'}",
+            "log.trackers=[jsonl]"]
+
+
+def run(capsys, arguments):
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.err
+
+
+@pytest.mark.parametrize(("overrides", "message"), SETTINGS, ids=[" ".join(case[0]) for case in SETTINGS])
+def test_a_bad_setting_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, project, overrides, message):
+    code, err = run(capsys, ["train", *project, "data.mixture=mix", *overrides])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("flanpipe train: error: "), err
+    assert message in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("arguments", "message"), COMMANDS, ids=[" ".join(case[0]) for case in COMMANDS])
+def test_a_bad_command_line_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, project, arguments, message):
+    code, err = run(capsys, [*arguments, *project])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "error: " in lines[0], err
+    assert message in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
