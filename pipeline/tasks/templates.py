@@ -12,12 +12,13 @@ from (seed, task, template, index), so rendering is reproducible whatever the pr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import random
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -27,9 +28,10 @@ import jinja2
 import jinja2.meta
 import jinja2.nodes
 import yaml
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 
 from pipeline.errors import UserError
+from pipeline.tasks.sandbox import LimitedSandbox, RenderLimit, limit_filters, time_limit
 
 SEPARATOR = "|||"
 METADATA_KEYS = {
@@ -80,11 +82,11 @@ def _most_frequent(items: Sequence[Any]) -> list[Any]:
     return [item for item, count in counts if count == counts[0][1]]
 
 
-def make_environment() -> ImmutableSandboxedEnvironment:
-    """The one Jinja environment templates render in: sandboxed, strict, no autoescaping (text, not HTML)."""
-    env = ImmutableSandboxedEnvironment(
-        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
-    )
+def make_environment() -> LimitedSandbox:
+    """The one Jinja environment templates render in: sandboxed with limits on size and time
+    (`pipeline.tasks.sandbox`), strict, no autoescaping (text, not HTML)."""
+    env = LimitedSandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    limit_filters(env)
     env.filters["choice"] = _choice_filter
     env.filters["random"] = _choice_filter  # Jinja's own `random` uses the global random state
     env.filters["shuffle"] = _shuffle_filter
@@ -143,16 +145,8 @@ class Template:
         context = {**example, "answer_choices": list(answer_choices), "options": options}
         context["__rng__"] = _SeededRandom(rng_key)
         input_template, target_template = self._compiled
-        try:
+        with _errors_named(self.path, "", example), time_limit():
             return input_template.render(context).strip(), target_template.render(context).strip()
-        except jinja2.UndefinedError as error:
-            raise UserError(f"{self.path}: {error.message}; fields available: {_field_list(example)}") from None
-        except SecurityError as error:
-            raise UserError(f"{self.path}: refused by the sandbox: {error}") from None
-        except UserError as error:
-            raise UserError(f"{self.path}: {error}") from None
-        except Exception as error:  # a template error on one example: say which template, keep the cause
-            raise UserError(f"{self.path}: rendering failed: {type(error).__name__}: {error}") from None
 
     def render_choices(self, example: Mapping[str, Any], *, rng_key: str) -> list[str] | None:
         return render_answer_choices(self.answer_choices, example, rng_key=rng_key, path=self.path)
@@ -166,11 +160,26 @@ def render_answer_choices(
         return spec
     template = _compile_choices(spec, path)
     context = {**example, "__rng__": _SeededRandom(rng_key)}
-    try:
+    with _errors_named(path, "answer_choices: ", example), time_limit():
         rendered = template.render(context)
-    except jinja2.UndefinedError as error:
-        raise UserError(f"{path}: answer_choices: {error.message}; fields available: {_field_list(example)}") from None
     return [choice.strip() for choice in rendered.split(SEPARATOR)]
+
+
+@contextlib.contextmanager
+def _errors_named(path: str, part: str, example: Mapping[str, Any]) -> Iterator[None]:
+    """Any error while rendering one example becomes a UserError naming the template (and the field at fault)."""
+    try:
+        yield
+    except jinja2.UndefinedError as error:
+        raise UserError(f"{path}: {part}{error.message}; fields available: {_field_list(example)}") from None
+    except RenderLimit as error:
+        raise UserError(f"{path}: {part}refused: {error}; simplify the template") from None
+    except SecurityError as error:
+        raise UserError(f"{path}: {part}refused by the sandbox: {error}") from None
+    except UserError as error:
+        raise UserError(f"{path}: {part}{error}") from None
+    except Exception as error:  # a template error on one example: say which template, keep the cause
+        raise UserError(f"{path}: {part}rendering failed: {type(error).__name__}: {error}") from None
 
 
 @functools.lru_cache(maxsize=256)
