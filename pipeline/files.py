@@ -29,6 +29,10 @@ def read_yaml(path: Path, what: str) -> Any:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: {what} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except OSError as error:  # a folder where the file should be, no permission, ...
+        raise UserError(f"{path}: cannot read the {what} ({error.strerror})") from None
     except yaml.YAMLError as error:
         raise UserError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
 

@@ -46,6 +46,9 @@ SETTINGS = [
     (["data.mixture=empty"], "members: empty mixture"),
     (["data.mixture=heldtrained"], "is also trained on"),
     (["model.name=./no/such/folder"], "no such folder"),
+    (["data.templates_dir=/no/such/tasks"], "/no/such/tasks: tasks folder not found"),
+    (["train.resume=/no/such/checkpoint"], "not a complete checkpoint folder"),
+    (["run.dir=/proc/flanpipe-run"], "cannot write there"),
 ]
 COMMANDS = [
     (["render", "tiny", "-n", "-1"], "-n must be at least 0"),
@@ -95,6 +98,52 @@ def test_a_bad_setting_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, p
 
 @pytest.mark.parametrize(("arguments", "message"), COMMANDS, ids=[" ".join(case[0]) for case in COMMANDS])
 def test_a_bad_command_line_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, project, arguments, message):
+    code, err = run(capsys, [*arguments, *project])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "error: " in lines[0], err
+    assert message in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def _replace_data(project_root, text: bytes):
+    (project_root / "tasks" / "tiny" / "data.jsonl").write_bytes(text)
+
+
+# (what is broken, how to break it (given tmp_path), command, text the one error line must contain)
+FILES = [
+    ("task.yaml not UTF-8", lambda root: (root / "tasks" / "tiny" / "task.yaml").write_bytes(b"source: \xff\xfe\n"),
+     ["render", "tiny"], "task.yaml is not UTF-8 text"),
+    ("task.yaml is a folder", lambda root: ((root / "tasks" / "tiny" / "task.yaml").unlink(),
+                                            (root / "tasks" / "tiny" / "task.yaml").mkdir()),
+     ["render", "tiny"], "cannot read the task.yaml"),
+    ("template not UTF-8", lambda root: (root / "tasks" / "tiny" / "ask.jinja").write_bytes(b"\xff |||\nx\n"),
+     ["render", "tiny"], "ask.jinja: cannot read template"),
+    ("mixture not UTF-8", lambda root: (root / "mixtures" / "mix.yaml").write_bytes(b"members: {\xff: {}}\n"),
+     ["mixture", "mix"], "mixture file is not UTF-8 text"),
+    ("mixture weight as text", lambda root: (root / "mixtures" / "mix.yaml").write_text("members: {tiny: {weight: heavy}}\n"),
+     ["mixture", "mix"], "members.tiny.weight must be a number >= 0, got 'heavy'"),
+    ("a broken JSONL line", lambda root: _replace_data(root, b'{"text": "a", "label": "positive"}\n{"text": \n'),
+     ["render", "tiny"], "source.files: cannot read"),
+    ("CSV text in a .jsonl", lambda root: _replace_data(root, b"text,label\na,positive\n"),
+     ["render", "tiny"], "source.files: cannot read"),
+    ("an empty data file", lambda root: _replace_data(root, b""),
+     ["render", "tiny"], "tiny"),
+    ("a missing data file", lambda root: (root / "tasks" / "tiny" / "data.jsonl").unlink(),
+     ["render", "tiny"], "source.files: data.jsonl not found"),
+    ("a preset that is not UTF-8", lambda root: (root / "preset.yaml").write_bytes(b"train: {lr: \xff}\n"),
+     ["train", "-c", "PRESET"], "config file is not UTF-8 text"),
+    ("a preset that is a folder", lambda root: (root / "preset.yaml").mkdir(),
+     ["train", "-c", "PRESET"], "cannot read the config file"),
+    ("a preset that is a list", lambda root: (root / "preset.yaml").write_text("- 1\n- 2\n"),
+     ["train", "-c", "PRESET"], "a config file must be a mapping"),
+]
+
+
+@pytest.mark.parametrize(("broken", "breaking", "arguments", "message"), FILES, ids=[case[0] for case in FILES])
+def test_a_broken_file_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, project, broken, breaking, arguments,
+                                                             message):
+    breaking(tmp_path)
+    arguments = [str(tmp_path / "preset.yaml") if a == "PRESET" else a for a in arguments]
     code, err = run(capsys, [*arguments, *project])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "error: " in lines[0], err

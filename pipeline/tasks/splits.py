@@ -12,12 +12,15 @@ source lacks are carved from train, deterministically by `split_seed` and the ta
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.builtin.fetch import builtin_data_path
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 from pipeline.files import stable_seed
 from pipeline.tasks.task import FILE_FORMATS, PREPROCESSORS, SPLITS, Task
 
@@ -45,7 +48,13 @@ def load_source(task: Task, cache_dir: Path) -> datasets.DatasetDict:
                 f"{task.yaml_path}: source.files: use one file type among {', '.join(FILE_FORMATS)}, got {suffixes}"
             )
         builder = source.pop("format", None) or FILE_FORMATS[suffixes.pop()]
-        loaded = datasets.load_dataset(builder, data_files=data_files, **source)
+        try:
+            with _quiet_logger("datasets"):  # it logs the parse error with a traceback before raising it
+                loaded = datasets.load_dataset(builder, data_files=data_files, **source)
+        except Exception as error:  # datasets' own errors for a broken line, CSV in a .jsonl, no rows...
+            files_named = ", ".join(path for paths in data_files.values() for path in paths)
+            raise UserError(f"{task.yaml_path}: source.files: cannot read {files_named} as {builder} "
+                            f"({type(error).__name__}: {one_line(error)}); fix the file or source.format") from None
     else:
         try:
             loaded = datasets.load_dataset(**source)
@@ -63,6 +72,17 @@ def load_source(task: Task, cache_dir: Path) -> datasets.DatasetDict:
             )
         renamed[ours] = loaded[theirs]
     return datasets.DatasetDict(renamed)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _resolve_files(files: Any, task: Task) -> dict[str, list[str]]:

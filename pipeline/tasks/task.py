@@ -146,6 +146,8 @@ class Task:
 def load_task(folder: Path) -> Task:
     """Read and check one task folder. Every fault names task.yaml or the template file and the key."""
     yaml_path = folder / "task.yaml"
+    if yaml_path.exists() and not yaml_path.is_file():
+        raise UserError(f"{yaml_path}: cannot read the task.yaml (it is a folder); a task needs a task.yaml file")
     if not yaml_path.is_file():
         raise UserError(f"{folder}: not a task folder (no task.yaml)")
     spec = read_yaml(yaml_path, "task.yaml")

@@ -64,6 +64,7 @@ def train(cfg: Config) -> dict[str, Any]:
     run_dir = cfg.run.path()
     check_writable(run_dir)
     accelerator, tracker_kwargs = make_accelerator(cfg, run_dir)
+    checkpoint = choose_resume_checkpoint(accelerator, cfg.train.resume, run_dir)
     set_seed(cfg.run.seed)
     tasks = load_tasks(cfg.data.templates_path())
     with accelerator.main_process_first():  # one process builds data caches and the default model
@@ -90,7 +91,6 @@ def train(cfg: Config) -> dict[str, Any]:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)  # FSDP swaps in its parameters
 
     state, changed = TrainState(), []
-    checkpoint = choose_resume_checkpoint(accelerator, cfg.train.resume, run_dir)
     if checkpoint is not None:
         state, changed = resume(accelerator, checkpoint, cfg, sampler, optimizer, scheduler)
         accelerator.print(f"resumed from {checkpoint} at step {state.step}"
