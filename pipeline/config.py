@@ -109,6 +109,9 @@ class DataConfig:
     """Order each rank's micro-batches by length to cut padding (deterministic)."""
     homogeneous_batches: bool = False
     """Draw every global batch from a single task instead of mixing tasks within a batch."""
+    max_bad_row_fraction: float = 0.01
+    """Refuse a task when more than this share of its rows lack a field its templates read (null); fewer are
+    dropped and reported."""
     max_unk_rate: float = 0.02
     """Refuse to train when more than this share of the rendered text's tokens are the tokenizer's unknown token
     (a tokenizer that does not fit the model or the data); 1 = never refuse."""
@@ -123,6 +126,8 @@ class DataConfig:
         if not 0 <= self.max_unk_rate <= 1:
             raise UserError(f"data.max_unk_rate must be between 0 and 1, got {self.max_unk_rate}")
         check_at_least("data", "pad_to_multiple_of", self.pad_to_multiple_of, 0)
+        if not 0 <= self.max_bad_row_fraction <= 1:
+            raise UserError(f"data.max_bad_row_fraction must be between 0 and 1, got {self.max_bad_row_fraction}")
 
     def templates_path(self) -> Path:
         if self.templates_dir:

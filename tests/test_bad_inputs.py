@@ -149,3 +149,31 @@ def test_a_broken_file_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, p
     assert code == 2 and len(lines) == 1 and "error: " in lines[0], err
     assert message in lines[0] and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def _rows_with_nulls(root, count: int) -> None:
+    import json
+
+    rows = [{"text": f"sentence {i}", "label": None if i < count else ("positive" if i % 2 else "negative")}
+            for i in range(200)]
+    (root / "tasks" / "tiny" / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_too_many_rows_missing_a_field_refuse_the_task(capsys, tmp_path, project):
+    _rows_with_nulls(tmp_path, 20)  # 10% of the rows have no label
+    code, err = run(capsys, ["train", *project, "data.mixture=mix"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert "task 'tiny': 20 of 200 rows (20 train) have an empty (null) field the templates read" in lines[0]
+    assert "data.max_bad_row_fraction=0.01" in lines[0] and not (tmp_path / "run").exists()
+
+
+def test_a_few_rows_missing_a_field_are_dropped_and_reported(capsys, tmp_path, project):
+    from pipeline.tasks.splits import load_splits
+    from pipeline.tasks.task import load_task
+
+    _rows_with_nulls(tmp_path, 1)
+    splits = load_splits(load_task(tmp_path / "tasks" / "tiny"), tmp_path / "cache")
+    assert sum(len(split) for split in splits.values()) == 199
+    assert all(label is not None for split in splits.values() for label in split["label"])
+    assert "task tiny: dropped 1 of 200 rows (1 train) with an empty (null) field" in capsys.readouterr().err

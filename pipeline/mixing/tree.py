@@ -30,7 +30,7 @@ from pipeline.mixing.mixture_file import (
     read_mixture_file,
 )
 from pipeline.mixing.rates import STRATEGIES, rule_parameters
-from pipeline.tasks.splits import load_split
+from pipeline.tasks.splits import MAX_BAD_ROW_FRACTION, load_split
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,12 @@ class RegistryStats(Mapping[str, TaskStats]):
     """The task registry seen as TaskStats, computed on first use: a mixture only loads the data of the
     tasks it names, and a task whose data is not available fails with how to get it."""
 
-    def __init__(self, tasks: Mapping[str, Any], cache_dir: Path, split_seed: int = 0) -> None:
+    def __init__(self, tasks: Mapping[str, Any], cache_dir: Path, split_seed: int = 0,
+                 max_bad_row_fraction: float = MAX_BAD_ROW_FRACTION) -> None:
         self.tasks = tasks
         self.cache_dir = cache_dir
         self.split_seed = split_seed
+        self.max_bad_row_fraction = max_bad_row_fraction
         self._stats: dict[str, TaskStats] = {}
 
     def __getitem__(self, name: str) -> TaskStats:
@@ -102,7 +104,7 @@ class RegistryStats(Mapping[str, TaskStats]):
             if not available:
                 raise UserError(f"task {name!r}: {why}")
             self._stats[name] = TaskStats(
-                name, n=len(load_split(task, "train", self.cache_dir, self.split_seed)),
+                name, n=len(load_split(task, "train", self.cache_dir, self.split_seed, self.max_bad_row_fraction)),
                 templates=tuple(t.name for t in task.forward_templates),
                 inversion_templates=tuple(t.name for t in task.inversion_templates),
                 has_choices=task.has_choices, cap=task.cap, held_out=task.held_out,

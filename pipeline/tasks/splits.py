@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,9 @@ from pipeline.builtin.fetch import builtin_data_path
 from pipeline.errors import UserError, one_line
 from pipeline.files import stable_seed
 from pipeline.tasks.task import FILE_FORMATS, PREPROCESSORS, SPLITS, Task
+
+MAX_BAD_ROW_FRACTION = 0.01
+"""Default of `data.max_bad_row_fraction`: the share of a task's rows that may be dropped as incomplete."""
 
 if TYPE_CHECKING:
     import datasets
@@ -100,8 +104,10 @@ def _resolve_files(files: Any, task: Task) -> dict[str, list[str]]:
     return resolved
 
 
-def load_splits(task: Task, cache_dir: Path, split_seed: int = 0) -> datasets.DatasetDict:
-    """All of train/validation/test for a task: field mapping, preprocessing, then carving of missing splits."""
+def load_splits(task: Task, cache_dir: Path, split_seed: int = 0, max_bad_fraction: float = MAX_BAD_ROW_FRACTION
+                ) -> datasets.DatasetDict:
+    """All of train/validation/test for a task: field mapping, preprocessing, rows missing a field the templates
+    read dropped (`drop_incomplete_rows`), then carving of missing splits."""
     import datasets
     import numpy as np
 
@@ -116,6 +122,7 @@ def load_splits(task: Task, cache_dir: Path, split_seed: int = 0) -> datasets.Da
             splits[name] = dataset.rename_column(theirs, ours) if ours != theirs else dataset
     for step in task.preprocess:
         splits = datasets.DatasetDict({name: PREPROCESSORS[step](ds) for name, ds in splits.items()})
+    splits = drop_incomplete_rows(task, splits, max_bad_fraction)
     if task.carve:
         train = splits["train"]
         # Seeded by the *source*, not the task name: two tasks over the same data (en→es and es→en) carve
@@ -133,10 +140,58 @@ def load_splits(task: Task, cache_dir: Path, split_seed: int = 0) -> datasets.Da
     return splits
 
 
-def load_split(task: Task, split: str, cache_dir: Path, split_seed: int = 0) -> datasets.Dataset:
+def drop_incomplete_rows(task: Task, splits: datasets.DatasetDict, max_bad_fraction: float
+                         ) -> datasets.DatasetDict:
+    """Drop the rows where a field the task's templates read is null: such a row would render "None" as its
+    prompt or target and be trained on. The count is reported once per task on stderr, and more than
+    `max_bad_fraction` of a task's rows is refused (`data.max_bad_row_fraction`): the data is not what the
+    templates expect."""
+    import datasets
+
+    read = sorted(set().union(*(template.variables for template in task.templates.values())))
+    kept, dropped, total = {}, {}, 0
+    for name, dataset in splits.items():
+        # Arrow counts nulls per column for free: a clean split is kept as it is (same fingerprint, same caches).
+        columns = [column for column in read if column in dataset.column_names
+                   and dataset.data.column(column).null_count]
+        total += len(dataset)
+        if not columns:
+            kept[name] = dataset
+            continue
+        kept[name] = dataset.filter(_complete, batched=True, fn_kwargs={"columns": columns},
+                                    desc=f"checking {task.name}/{name}")
+        if len(kept[name]) < len(dataset):
+            dropped[name] = len(dataset) - len(kept[name])
+    if dropped:
+        count = sum(dropped.values())
+        where = ", ".join(f"{n} {name}" for name, n in dropped.items())
+        if count > max_bad_fraction * total:
+            raise UserError(f"task {task.name!r}: {count} of {total} rows ({where}) have an empty (null) field the "
+                            f"templates read ({', '.join(read)}), more than data.max_bad_row_fraction="
+                            f"{max_bad_fraction}; fix the data in {task.yaml_path.parent} or raise the setting")
+        _report_once(f"flanpipe: task {task.name}: dropped {count} of {total} rows ({where}) with an empty (null) "
+                     f"field the templates read ({', '.join(read)})")
+    return datasets.DatasetDict(kept)
+
+
+def _complete(batch: dict[str, list], columns: list[str]) -> list[bool]:
+    return [all(batch[column][i] is not None for column in columns) for i in range(len(batch[columns[0]]))]
+
+
+_REPORTED: set[str] = set()
+
+
+def _report_once(line: str) -> None:
+    if line not in _REPORTED:
+        _REPORTED.add(line)
+        print(line, file=sys.stderr)
+
+
+def load_split(task: Task, split: str, cache_dir: Path, split_seed: int = 0,
+               max_bad_fraction: float = MAX_BAD_ROW_FRACTION) -> datasets.Dataset:
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    splits = load_splits(task, cache_dir, split_seed)
+    splits = load_splits(task, cache_dir, split_seed, max_bad_fraction)
     if split not in splits:
         raise UserError(f"task {task.name!r} has no {split!r} split; add it to splits or carve in {task.yaml_path}")
     return splits[split]

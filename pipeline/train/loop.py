@@ -68,7 +68,7 @@ def train(cfg: Config) -> dict[str, Any]:
     set_seed(cfg.run.seed)
     tasks = load_tasks(cfg.data.templates_path())
     with accelerator.main_process_first():  # one process builds data caches and the default model
-        stats = RegistryStats(tasks, cfg.data.cache_path(), cfg.data.split_seed)
+        stats = RegistryStats(tasks, cfg.data.cache_path(), cfg.data.split_seed, cfg.data.max_bad_row_fraction)
         mixture = load_mixture(cfg.data.mixture, stats, cfg.data.mixtures_path())
         refuse_training_on_benchmarks([tasks[name] for name in mixture.shares])
         model, tokenizer = load_model(cfg.model, cfg.data)
