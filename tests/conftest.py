@@ -1,10 +1,13 @@
 """Shared fixtures: tiny task folders written into tmp_path, and an isolated cache dir."""
 
+import fcntl
 import json
 import os
 import random
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -96,14 +99,33 @@ def settings(world, run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+DISTRIBUTED_LOCK = Path(tempfile.gettempdir()) / "flanpipe-tests-distributed.lock"
+
+
+def run_distributed(command: list[str], env: dict, wait: bool = True):
+    """Run a multi-process launch (torchrun, accelerate launch) holding a lock shared by every pytest worker, so
+    that no two start at once: torchrun finds its port by binding port 0 and letting it go, and two launches
+    starting together can be handed the same port (one then fails to start, or its workers join the other's
+    group and hang). With `wait=False` the lock is let go when the process ends."""
+    handle = open(DISTRIBUTED_LOCK, "w")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    if wait:
+        try:
+            return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        finally:
+            handle.close()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    threading.Thread(target=lambda: (process.wait(), handle.close()), daemon=True).start()
+    return process
+
+
 def launch(args: list[str], *, nproc: int = 1, wait: bool = True, env: dict | None = None, command: str = "train"):
     """`flanpipe COMMAND args` in a subprocess (torchrun for nproc > 1); returns the CompletedProcess or Popen."""
-    if nproc == 1:
-        full = [sys.executable, "-m", "pipeline.cli", command, *args]
-    else:
-        full = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                "-m", "pipeline.cli", command, *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", **(env or {})}
+    if nproc > 1:
+        return run_distributed([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                f"--nproc_per_node={nproc}", "-m", "pipeline.cli", command, *args], full_env, wait)
+    full = [sys.executable, "-m", "pipeline.cli", command, *args]
     if not wait:
         return subprocess.Popen(full, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(full, env=full_env, capture_output=True, text=True, timeout=300)

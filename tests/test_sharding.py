@@ -15,14 +15,13 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import launch, losses, settings
+from conftest import launch, losses, run_distributed, settings
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM
 
@@ -59,8 +58,7 @@ def run(launcher: str, run_dir: Path, arguments: list[str]):
     module = ["-m", "cpu_fsdp"] if "FSDP" in launcher and not GPUS else ["-m", "pipeline.cli"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([*LAUNCHERS[launcher], *module, "train", *arguments], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return run_distributed([*LAUNCHERS[launcher], *module, "train", *arguments], env)
 
 
 @pytest.fixture(scope="module")
