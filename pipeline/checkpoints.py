@@ -12,7 +12,6 @@ read-only) stops the run with one line, every process alike, and the previous ch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -24,11 +23,10 @@ import torch
 from accelerate.utils import broadcast_object_list
 
 from pipeline.errors import UserError
-from pipeline.files import replace_folder
+from pipeline.files import MANIFEST, replace_folder, verify_manifest, write_manifest
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 JSON_FILES = ("train_state", "sampler", "config")
-MANIFEST = "manifest.json"
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -47,36 +45,9 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _contents(folder: Path) -> dict[str, dict[str, Any]]:
-    return {path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
-            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST}
-
-
 def verify(checkpoint: Path) -> str | None:
     """None when every file the manifest lists is there with its size and checksum; else what is wrong."""
-    try:
-        listed = json.loads((checkpoint / MANIFEST).read_text())["files"]
-    except FileNotFoundError:
-        return f"no {MANIFEST} (written last: the save did not finish, or the checkpoint predates manifests)"
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        return f"{MANIFEST} is unreadable ({error})"
-    for name, expected in listed.items():
-        path = checkpoint / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != expected["size"]:
-            return f"{name} has {path.stat().st_size} bytes, the manifest says {expected['size']}"
-        if _sha256(path) != expected["sha256"]:
-            return f"{name} does not match its checksum (changed since it was saved)"
-    return None
+    return verify_manifest(checkpoint)
 
 
 def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
@@ -151,7 +122,7 @@ def save_checkpoint(accelerator: Any, run_dir: Path, step: int, records: dict[st
         try:
             for name in JSON_FILES:
                 (staging / f"{name}.json").write_text(json.dumps(records[name], indent=2, default=str) + "\n")
-            (staging / MANIFEST).write_text(json.dumps({"step": step, "files": _contents(staging)}, indent=2) + "\n")
+            write_manifest(staging, step=step)
             replace_folder(staging, final)  # the same step may be saved again (resumed and stopped at once)
         except OSError as error:
             failure = error.strerror or str(error)

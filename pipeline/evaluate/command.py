@@ -10,6 +10,7 @@ always shows base, tuned and the difference.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,9 @@ def evaluate_model(target: str, cfg: Config, task_names: Sequence[str] | None, s
             batcher = Batcher(tokenizer, cfg.data, model.config.decoder_start_token_id)
             evaluator = Evaluator(tasks, names, batcher, cfg.eval, cfg.data, seed=cfg.run.seed, split=split,
                                   limit=limit, variant=variant)
+            note = evaluator.check_tokenizer(model_name, cfg.data.max_unk_rate)
+        if note:
+            accelerator.print(note, file=sys.stderr)
         wrapped = accelerator.prepare(Seq2SeqLogits(model))
         if cached:
             return evaluator.cached_scores(accelerator, wrapped, weights_fingerprint(model)), description

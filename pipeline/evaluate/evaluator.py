@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +29,8 @@ from tqdm.auto import tqdm
 from pipeline.config import DataConfig, EvalConfig
 from pipeline.data.batcher import Batcher
 from pipeline.data.collate import LABEL_PAD
+from pipeline.data.tokenize import check_tokenizer, shown
+from pipeline.errors import UserError, one_line
 from pipeline.evaluate.scoring import rank_classification_scores
 from pipeline.files import content_hash, write_json_atomically
 from pipeline.forward import example_loss_sums, generate, token_losses
@@ -93,6 +97,25 @@ class Evaluator:
         self.rows = {name: evaluation_rows(tasks[name], split, data, seed, limit, variant) for name in names}
 
     @torch.no_grad()
+    def check_tokenizer(self, model_name: str, max_unk_rate: float) -> str | None:
+        """Refuse a tokenizer that turns more than `max_unk_rate` of the rendered text into `<unk>` (a tokenizer
+        of another model, or none at all); else a note naming the characters the model never sees as written
+        (real T5's vocabulary has no newline, no `{` or `}`), or None."""
+        texts = [text for rows in self.rows.values() for row in rows for text in (row.input, row.target)]
+        check = check_tokenizer(self.tokenizer, texts)
+        if check.unk_rate > max_unk_rate:
+            raise UserError(
+                f"model {model_name}: its tokenizer turns {check.unk_rate:.1%} of the rendered prompts' and targets' "
+                f"tokens into {self.tokenizer.unk_token} (data.max_unk_rate={max_unk_rate}); characters it loses: "
+                f"{shown(check.lost[:40]) or '(whole words)'}. Is it the model's own tokenizer? Raise "
+                "data.max_unk_rate to use it anyway"
+            )
+        if check.lost or check.dropped:
+            return (f"note: {model_name}'s tokenizer never shows the model these characters of the rendered text: "
+                    f"{shown([*check.lost, *check.dropped][:40])} (`flanpipe render TASK --tokenized` shows what the "
+                    "model sees)")
+        return None
+
     def scores(self, accelerator: Any, model: Any, progress: bool = False) -> dict[str, dict[str, Any]]:
         """Per task: {"n": examples, "loss": validation loss, "metrics": {name: score}} by the metrics its
         task.yaml declares (scores 0-100, higher is better; the loss is teacher-forced, lower is better)."""
@@ -168,8 +191,9 @@ class Evaluator:
                            {task: [(r.input, r.target, r.choices) for r in rows] for task, rows in self.rows.items()},
                            length=20)
         path = self.data.cache_path() / "eval" / f"scores-{key}.json"
-        if path.exists():
-            return json.loads(path.read_text())
+        cached = _read_scores(path, set(self.rows))
+        if cached is not None:
+            return cached
         results = self.scores(accelerator, model, progress=True)
         if accelerator.is_main_process:
             write_json_atomically(path, results)
@@ -197,3 +221,22 @@ class Evaluator:
             return []
         predictions = self.generate(accelerator, model, [row.input for row in picked])
         return [[r.task, r.template, r.input, r.target, p] for r, p in zip(picked, predictions, strict=True)]
+
+
+def _read_scores(path: Path, tasks: set[str]) -> dict[str, dict[str, Any]] | None:
+    """Cached scores for exactly `tasks`, or None when there are none; an unreadable file (truncated, edited)
+    is reported and scored again."""
+    if not path.exists():
+        return None
+    try:
+        scores = json.loads(path.read_text())
+        if isinstance(scores, dict) and set(scores) == tasks and all(
+            isinstance(score, dict) and {"n", "loss", "metrics"} <= set(score) for score in scores.values()
+        ):
+            return scores
+        problem = "it does not hold a score for each task"
+    except (OSError, ValueError) as error:
+        problem = one_line(error)
+    print(f"flanpipe: the cached scores in {path} are damaged ({problem}); scoring again", file=sys.stderr,
+          flush=True)
+    return None

@@ -12,7 +12,8 @@ Variants are generated from the same template files:
 `render_split` runs `datasets.map` over a split and writes one row per (example, forward template), so row
 `index * num_templates + t` is example `index` under template `t`. Its cache key hashes everything that shaped
 the rows (task.yaml and templates, the source data's fingerprint, split, variant, seed, k, length), so a
-second run re-renders nothing and any change re-renders.
+second run re-renders nothing and any change re-renders. Each cached rendering carries a manifest (sizes and
+checksums); one that no longer verifies is reported and rendered again.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.files import content_hash, stable_seed, staged_folder
+from pipeline.files import content_hash, stable_seed, staged_folder, usable_cache
 from pipeline.tasks.splits import load_splits
 from pipeline.tasks.task import Task
 from pipeline.tasks.templates import Template, render_answer_choices
@@ -202,7 +203,8 @@ def render_split(
     chosen = [task.template(name) for name in templates] if templates else task.forward_templates
     key = _cache_key(task, examples, split, variant, seed, k, max_input_length, [t.name for t in chosen], limit)
     folder = cache_dir / "rendered" / task.name / f"{split}-{variant.name}-{key[:16]}"
-    if folder.exists():
+    damaged = folder.exists() and not usable_cache(folder, f"rendering of {task.name}/{split}")
+    if folder.exists() and not damaged:
         return datasets.load_from_disk(str(folder))
 
     pool = ExemplarPool(splits["train"].to_list(), same_split=split == "train") if variant.few_shot else None
@@ -244,7 +246,7 @@ def render_split(
             new_fingerprint=key[:40],  # datasets appends a shard suffix with num_proc; 64 characters at most
             desc=f"render {task.name}/{split}/{variant.name}",
         )
-        with staged_folder(folder, keep_existing=True) as staging:
+        with staged_folder(folder, keep_existing=not damaged, manifest=True) as staging:
             rendered.save_to_disk(str(staging))
     return datasets.load_from_disk(str(folder))
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.builtin.fetch import builtin_data_path
+from pipeline.builtin.fetch import ensure_builtin
 from pipeline.errors import UserError, one_line
 from pipeline.files import stable_seed
 from pipeline.tasks.task import FILE_FORMATS, PREPROCESSORS, SPLITS, Task
@@ -41,7 +41,7 @@ def load_source(task: Task, cache_dir: Path) -> datasets.DatasetDict:
         available, why = task.available(cache_dir)
         if not available:
             raise UserError(f"task {task.name!r}: {why}")
-        path = builtin_data_path(cache_dir, source.pop("builtin"))
+        path = ensure_builtin(cache_dir, source.pop("builtin"))
         loaded = datasets.load_dataset("json", data_files={"train": str(path)}, **source)
     elif "files" in source:
         files = source.pop("files")

@@ -29,11 +29,10 @@ from tqdm.auto import tqdm
 from pipeline.checkpoints import choose_resume_checkpoint
 from pipeline.config import Config, TrainConfig
 from pipeline.data.batcher import Batcher
-from pipeline.data.tokenize import check_tokenizer, shown
 from pipeline.errors import UserError
 from pipeline.evaluate.evaluator import SAMPLE_COLUMNS, Evaluator
 from pipeline.evaluate.results import add_base
-from pipeline.files import staged_folder, write_json_atomically
+from pipeline.files import check_writable, staged_folder, write_json_atomically
 from pipeline.forward import Seq2SeqLogits, check_packing, example_loss_sums, inner_model, token_losses
 from pipeline.importers.benchmarks import refuse_training_on_benchmarks
 from pipeline.mixing.sampler import MixtureSampler
@@ -44,7 +43,7 @@ from pipeline.tracking import log_samples
 from pipeline.train.feed import TrainingFeed
 from pipeline.train.log_window import LogWindow, log_step
 from pipeline.train.loss import loss_weights
-from pipeline.train.runtime import StopSignal, check_writable, make_accelerator, make_optimizer
+from pipeline.train.runtime import StopSignal, make_accelerator, make_optimizer
 from pipeline.train.state import TrainState, flat_config, resume, save
 
 
@@ -62,7 +61,7 @@ def train(cfg: Config) -> dict[str, Any]:
     """Run (or resume) a training run; returns the end-of-run summary."""
     # --- setup ---------------------------------------------------------------------------------------------
     run_dir = cfg.run.path()
-    check_writable(run_dir)
+    check_writable(run_dir, f"run.dir={run_dir}")
     accelerator, tracker_kwargs = make_accelerator(cfg, run_dir)
     checkpoint = choose_resume_checkpoint(accelerator, cfg.train.resume, run_dir)
     set_seed(cfg.run.seed)
@@ -78,7 +77,9 @@ def train(cfg: Config) -> dict[str, Any]:
                             cfg.run.seed)
         evaluator = Evaluator(tasks, [*mixture.shares, *mixture.held_out], Batcher(tokenizer, cfg.data, start_token),
                               cfg.eval, cfg.data, seed=cfg.run.seed)
-    check_the_tokenizer(accelerator, tokenizer, evaluator, cfg)
+    note = evaluator.check_tokenizer(cfg.model.name, cfg.data.max_unk_rate)
+    if note:
+        accelerator.print(note)
     sampler = MixtureSampler(mixture, seed=cfg.run.seed, homogeneous=cfg.data.homogeneous_batches)
     accelerator.print(f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters; "
                       f"mixture {mixture.name}: {len(mixture.shares)} tasks, {len(mixture.held_out)} held out; "
@@ -191,24 +192,6 @@ def train_step(accelerator: Accelerator, model: Any, optimizer: Any, scheduler: 
                 scheduler.step()
                 optimizer.zero_grad()
     return window.last_step_loss(accelerator)
-
-
-def check_the_tokenizer(accelerator: Accelerator, tokenizer: Any, evaluator: Evaluator, cfg: Config) -> None:
-    """Refuse a tokenizer that turns too much of the rendered text into `<unk>`; say which characters the model
-    will never see as written (real T5's vocabulary has no newline, no `{` or `}`)."""
-    texts = [text for rows in evaluator.rows.values() for row in rows for text in (row.input, row.target)]
-    check = check_tokenizer(tokenizer, texts)
-    if check.unk_rate > cfg.data.max_unk_rate:
-        raise UserError(
-            f"model {cfg.model.name}: its tokenizer turns {check.unk_rate:.1%} of the rendered prompts' and targets' "
-            f"tokens into {tokenizer.unk_token} (data.max_unk_rate={cfg.data.max_unk_rate}); characters it loses: "
-            f"{shown(check.lost[:40]) or '(whole words)'}. Is it the model's own tokenizer? Raise data.max_unk_rate "
-            "to train anyway"
-        )
-    if check.lost or check.dropped:
-        accelerator.print(f"note: {cfg.model.name}'s tokenizer never shows the model these characters of the "
-                          f"rendered text: {shown([*check.lost, *check.dropped][:40])} (`flanpipe render TASK "
-                          "--tokenized` shows what the model sees)")
 
 
 def log_validation(accelerator: Accelerator, evaluator: Evaluator, model: Any, step: int,

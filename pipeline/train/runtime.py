@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -113,18 +112,3 @@ def make_optimizer(train: TrainConfig, model: torch.nn.Module) -> tuple[torch.op
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=train.warmup_steps,
                               num_training_steps=train.max_steps)
     return optimizer, scheduler
-
-
-def check_writable(run_dir: Path) -> None:
-    """Refuse a run folder that cannot be written, before anything else happens, without creating it: the nearest
-    folder that exists must take a file (a probe, created and removed at once)."""
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:
-        if not existing.is_dir():
-            raise NotADirectoryError(20, "a file stands where a folder is needed")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        raise UserError(f"run.dir={run_dir}: cannot write there ({error.strerror}); choose another run.dir") from None

@@ -177,3 +177,51 @@ def test_a_few_rows_missing_a_field_are_dropped_and_reported(capsys, tmp_path, p
     assert sum(len(split) for split in splits.values()) == 199
     assert all(label is not None for split in splits.values() for label in split["label"])
     assert "task tiny: dropped 1 of 200 rows (1 train) with an empty (null) field" in capsys.readouterr().err
+
+
+def _edit_json(path, **changes):
+    import json
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+# (what is wrong with a copy of a saved model, how to do it (given the folder), text the one error line must contain)
+MODELS = [
+    ("weights truncated", lambda m: (m / "model.safetensors").write_bytes((m / "model.safetensors").read_bytes()[:500]),
+     "cannot load its weights"),
+    ("weights missing", lambda m: (m / "model.safetensors").unlink(), "cannot load its weights"),
+    ("vocab_size edited", lambda m: _edit_json(m / "config.json", vocab_size=99), "weights do not fit its config.json"),
+    ("d_model edited", lambda m: _edit_json(m / "config.json", d_model=48), "weights do not fit its config.json"),
+    ("config.json not JSON", lambda m: (m / "config.json").write_text("{"), "cannot load its config"),
+    ("config.json missing", lambda m: (m / "config.json").unlink(), "config.json"),
+    ("a decoder-only model", lambda m: _edit_json(m / "config.json", model_type="gpt2", architectures=["GPT2LMHeadModel"]),
+     "flanpipe needs an encoder-decoder"),
+    ("tokenizer files missing", lambda m: [p.unlink() for p in m.glob("tokenizer*")], "tokenizer"),
+]
+
+
+@pytest.mark.parametrize(("broken", "breaking", "message"), MODELS, ids=[case[0] for case in MODELS])
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_broken_model_folder_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, project, world, broken,
+                                                                     breaking, message, command):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(world["model"], model)
+    breaking(model)
+    arguments = ["train", f"model.name={model}", "data.mixture=mix"] if command == "train" else ["eval", str(model),
+                                                                                                "--base", "none"]
+    code, err = run(capsys, [*arguments, *project])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "error: " in lines[0], err
+    assert message in lines[0] and str(model) in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("out", "message"), [("FOLDER", "is a folder; give a file name"),
+                                              ("/proc/scores.json", "cannot write there")])
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(capsys, tmp_path, project, world, out, message):
+    out = str(tmp_path) if out == "FOLDER" else out
+    code, err = run(capsys, ["eval", str(world["model"]), "--out", out, *project])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and message in lines[0] and f"--out {out}" in lines[0], err
