@@ -39,12 +39,6 @@ def test_undefined_field_names_template_field_and_available_fields():
         render("{{ qestion }}\n|||\n{{ answer }}", {"question": "q", "answer": "a"})
 
 
-def test_sandbox_blocks_dynamic_escapes_at_render_time():
-    # attribute names built at run time escape the static check; the sandbox still refuses them
-    with pytest.raises(UserError, match="t.jinja"):
-        render("{{ x | attr('__cl' ~ 'ass__') }}\n|||\ny", {"x": "s"})
-
-
 def test_metadata_comment_and_plain_comment():
     template = parse_template("{# inversion: true\nanswer_choices: [a, b] #}\nX\n|||\nY", name="t")
     assert template.inversion and template.answer_choices == ["a", "b"]
@@ -78,47 +72,6 @@ def test_format_round_trip(tmp_path):
     loaded = load_template(path)
     for name in ("input_source", "target_source", "answer_choices", "inversion", "description", "metadata"):
         assert getattr(loaded, name) == getattr(original, name)
-
-
-# Resource bombs: each refused in seconds, naming the template, with memory bounded.
-BOMBS = {
-    "huge repetition": "{{ 'a' * 10**9 }}\n|||\nx",
-    "huge list": "{{ ([1] * 100000000) | length }}\n|||\nx",
-    "huge power": "{{ 10**100000000 }}\n|||\nx",
-    "huge width (method)": "{{ text.center(10**9) }}\n|||\nx",
-    "huge width (filter)": "{{ text | center(1000000000) }}\n|||\nx",
-    "huge indent": "{{ text | indent(1000000000, true) }}\n|||\nx",
-    "huge % width": "{{ '%1000000000s' % text }}\n|||\nx",
-    "huge format width": "{{ '{:1000000000}'.format(text) }}\n|||\nx",
-    "doubling joins": "{% set s = namespace(v='ab') %}{% for i in range(40) %}{% set s.v = s.v + s.v %}{% endfor %}"
-                      "{{ s.v | length }}\n|||\nx",
-    "doubling macro": "{% macro d(n) %}{% if n %}{{ d(n - 1) }}{{ d(n - 1) }}{% else %}xy{% endif %}{% endmacro %}"
-                      "{{ d(40) | length }}\n|||\nx",
-    "nested loops": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}\n|||\nx",
-    "answer choices bomb": "{# answer_choices: \"{{ 'a' * 10**9 }} ||| b\" #}\n{{ text }}\n|||\nb",
-}
-
-
-@pytest.mark.parametrize("bomb", BOMBS)
-def test_a_resource_bomb_is_refused_quickly_naming_the_template(bomb):
-    import resource
-    import time
-
-    template = parse_template(BOMBS[bomb], name="bomb", path="templates/t/bomb.jinja")
-    started = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(UserError, match=r"templates/t/bomb.jinja: .*refused"):
-        template.render({"text": "hello"}, rng_key="k")
-        template.render_choices({"text": "hello"}, rng_key="k")
-    assert time.perf_counter() - started < 5
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: well under 1 GB
-
-
-def test_the_limits_leave_ordinary_templates_alone():
-    template = parse_template("{{ text * 3 }} {{ 2 ** 64 }} {{ text.center(20) }} {{ '%5s' % 'x' }}\n|||\n{{ text }}",
-                              name="fine")
-    expected = f"ababab {2 ** 64} {'ab'.center(20)} {'%5s' % 'x'}"  # noqa: UP031 (the template's own % format)
-    assert template.render({"text": "ab"}, rng_key="k")[0] == expected
 
 
 def test_answer_choices_that_fail_name_the_template():

@@ -202,7 +202,7 @@ def check_template_source(source: str, path: str, part: str) -> None:
         name = getattr(node, "attr", None) or getattr(node, "name", None)
         if isinstance(node, jinja2.nodes.Getitem) and isinstance(node.arg, jinja2.nodes.Const):
             name = node.arg.value
-        if isinstance(name, str) and _UNSAFE_NAME.search(name):
+        if isinstance(name, str) and (_UNSAFE_NAME.search(name) or (type(node) is jinja2.nodes.Name and name == "self")):
             raise UserError(
                 f"{path}: refused: the {part} reaches for {name!r}, which the sandbox forbids "
                 "(templates may only read example fields)"
