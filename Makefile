@@ -18,7 +18,7 @@ DATA_ARGS ?=
 RUN    ?= runs/default
 NPROC  ?= 2
 
-.PHONY: setup lock test test-fast faults lint render tasks data mixture train train-multi eval report forgetting benchmarks bench clean help
+.PHONY: setup lock test test-fast faults sandbox lint render tasks data mixture train train-multi eval report forgetting benchmarks bench clean help
 
 help:
 	@grep -E '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ test: data ## the test suite (fast units + slow end-to-end checks; lints shipped
 
 faults: data ## kill a real run 10 times (some mid-checkpoint), resume, compare with an uninterrupted run
 	$(BIN)/python bench/faults.py $(ARGS)
+
+sandbox: $(STAMP) ## render every template escape and resource bomb in a fresh process: time and memory
+	$(BIN)/python bench/sandbox.py
 
 test-fast: $(STAMP) ## unit tests only
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
