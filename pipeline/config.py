@@ -75,6 +75,12 @@ class RunConfig:
     """Run folder (checkpoints, logs, reports); empty means `runs/<name>`."""
     seed: int = 0
     """Seed for data order, template variants and model initialisation."""
+    threads: int = 0
+    """torch threads per process; 0: $OMP_NUM_THREADS if set, else the usable cores ÷ the processes on this machine
+    (two processes with two threads each on two cores wait on each other: 10-20× slower)."""
+
+    def __post_init__(self) -> None:
+        check_at_least("run", "threads", self.threads, 0)
 
     def path(self) -> Path:
         return Path(self.dir) if self.dir else Path("runs") / self.name

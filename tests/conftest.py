@@ -18,6 +18,15 @@ SENTIMENT_ROWS = [
 ]
 
 
+def pytest_configure(config):
+    """One torch thread per pytest process (and per process it starts): two workers with two threads each on two
+    cores wait on each other, 10-20× slower."""
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
+
 def write_task(root: Path, name: str, yaml_text: str, templates: dict[str, str], rows: list[dict] | None = None) -> Path:
     folder = root / name
     folder.mkdir(parents=True)

@@ -254,3 +254,16 @@ def test_two_processes_score_like_one_with_periodic_evaluation(world, tmp_path):
     assert samples_two == samples_one
     for step, loss in losses_one.items():
         assert losses_two[step] == pytest.approx(loss, rel=1e-4), step
+
+
+def test_torch_threads_split_the_cores_among_local_processes(monkeypatch):
+    from pipeline.train.runtime import torch_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert torch_threads(0) == 2 and torch_threads(3) == 3  # the setting wins
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert torch_threads(0) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert torch_threads(0) == 3

@@ -48,8 +48,20 @@ class StopSignal:
         return False
 
 
+def torch_threads(setting: int) -> int:
+    """Threads for this process: `run.threads` if set, else $OMP_NUM_THREADS if set, else the cores this process
+    may use divided among the processes the launcher started on this machine (LOCAL_WORLD_SIZE)."""
+    if setting > 0:
+        return setting
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def make_accelerator(cfg: Config, run_dir: Path) -> tuple[Accelerator, dict[str, Any]]:
     """The Accelerator (CPU when no GPU, bf16 on GPUs that have it) and the trackers' init kwargs."""
+    torch.set_num_threads(torch_threads(cfg.run.threads))
     use_cpu = not torch.cuda.is_available()
     launched_by = [name for name in ("LOCAL_RANK", "RANK") if name in os.environ]
     mixed_precision = cfg.train.mixed_precision

@@ -32,6 +32,7 @@ SETTINGS = [
     (["data.few_shot_k=-1"], "data.few_shot_k must be >= 0"),
     (["data.max_input_length=4"], "data.max_input_length must be >= 8"),
     (["data.num_proc=0"], "data.num_proc must be >= 1"),
+    (["run.threads=-1"], "run.threads must be a finite number >= 0"),
     (["train.optimizer=sgd"], "train.optimizer='sgd' is not one of: adafactor, adamw"),
     (["train.schedule=exponential"], "is not one of: constant, linear, cosine"),
     (["train.loss_per=row"], "is not one of: token, example, task"),
