@@ -43,7 +43,7 @@ from pipeline.tracking import log_samples
 from pipeline.train.feed import TrainingFeed
 from pipeline.train.log_window import LogWindow, log_step
 from pipeline.train.loss import loss_weights
-from pipeline.train.runtime import StopSignal, make_accelerator, make_optimizer
+from pipeline.train.runtime import StopSignal, finish, make_accelerator, make_optimizer
 from pipeline.train.state import TrainState, flat_config, resume, save
 
 
@@ -145,7 +145,8 @@ def train(cfg: Config) -> dict[str, Any]:
     if stopped:
         save(accelerator, run_dir, cfg, state, sampler)
         accelerator.print(f"stopped by {stop.name} at step {state.step}; resume with train.resume=auto")
-        accelerator.end_training()
+        del model, optimizer, scheduler  # before the process group goes: see `finish`
+        finish(accelerator)
         return {"step": state.step, "stopped": stop.name}
     scores = save_scores(accelerator, evaluator, model, run_dir / "eval" / "validation.json", cfg,
                          base=run_dir / "eval" / "base_validation.json")
@@ -158,7 +159,8 @@ def train(cfg: Config) -> dict[str, Any]:
     save_final_model(accelerator, model, tokenizer, run_dir)
     summary = _summary(state, final_validation, run_dir)
     accelerator.log({"summary/" + k: v for k, v in summary.items() if isinstance(v, int | float)}, step=state.step)
-    accelerator.end_training()
+    del model, optimizer, scheduler  # before the process group goes: see `finish`
+    finish(accelerator)
     accelerator.print(_summary_line(summary))
     return summary
 

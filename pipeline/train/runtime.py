@@ -4,6 +4,7 @@ the run folder check, and stop signals that every process obeys at the same step
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from pathlib import Path
@@ -124,3 +125,19 @@ def make_optimizer(train: TrainConfig, model: torch.nn.Module) -> tuple[torch.op
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=train.warmup_steps,
                               num_training_steps=train.max_steps)
     return optimizer, scheduler
+
+
+def finish(accelerator: Accelerator) -> None:
+    """End a run: the prepared model released, then trackers closed and the process group destroyed.
+
+    The order matters under DDP on CPU. DDP's reducer holds a reference to the gloo process group and is freed
+    with the GIL held; had it held the last reference, gloo's destructor would wait, GIL held, for its worker
+    thread, which needs the GIL to free the tensors of the last finished collective: a deadlock that now and then
+    hung a 2-process run at exit (py-spy: `~Reducer` -> `~ProcessGroupGloo` -> `thread::join`, the worker in
+    `decref_pyobject`). Released while the group is still registered, the reducer drops a reference, not the
+    group, and `destroy_process_group` then frees it without the GIL. The caller deletes its own references to
+    the prepared model first."""
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()  # the accelerator's references to the prepared model, optimizer and scheduler
+    gc.collect()  # modules sit in reference cycles (hooks); collected here, not at some later collection
+    accelerator.end_training()
