@@ -158,40 +158,57 @@ def load_splits(task: Task, cache_dir: Path, split_seed: int = 0, max_bad_fracti
 
 def drop_incomplete_rows(task: Task, splits: datasets.DatasetDict, max_bad_fraction: float
                          ) -> datasets.DatasetDict:
-    """Drop the rows where a field the task's templates read is null: such a row would render "None" as its
-    prompt or target and be trained on. The count is reported once per task on stderr, and more than
-    `max_bad_fraction` of a task's rows is refused (`data.max_bad_row_fraction`): the data is not what the
-    templates expect."""
+    """Drop the rows where a field the task's templates read is null, or a text field a target reads is blank:
+    such a row would render "None" or nothing as its prompt or target and be trained on. The count is reported
+    once per task on stderr, and more than `max_bad_fraction` of a task's rows is refused
+    (`data.max_bad_row_fraction`): the data is not what the templates expect."""
     import datasets
 
     read = sorted(set().union(*(template.variables for template in task.templates.values())))
+    targets = set().union(*(template.target_variables for template in task.templates.values()))
     kept, dropped, total = {}, {}, 0
     for name, dataset in splits.items():
-        # Arrow counts nulls per column for free: a clean split is kept as it is (same fingerprint, same caches).
-        columns = [column for column in read if column in dataset.column_names
-                   and dataset.data.column(column).null_count]
+        # Arrow counts nulls and blanks per column in one pass of compiled code: a clean split is kept as it is
+        # (same fingerprint, same caches).
+        nullable = [column for column in read if column in dataset.column_names
+                    and dataset.data.column(column).null_count]
+        blank = [column for column in sorted(targets) if column in dataset.column_names
+                 and _blank_count(dataset.data.column(column))]
         total += len(dataset)
-        if not columns:
+        if not nullable and not blank:
             kept[name] = dataset
             continue
-        kept[name] = dataset.filter(_complete, batched=True, fn_kwargs={"columns": columns},
+        kept[name] = dataset.filter(_complete, batched=True, fn_kwargs={"nullable": nullable, "blank": blank},
                                     desc=f"checking {task.name}/{name}")
         if len(kept[name]) < len(dataset):
             dropped[name] = len(dataset) - len(kept[name])
     if dropped:
         count = sum(dropped.values())
         where = ", ".join(f"{n} {name}" for name, n in dropped.items())
+        what = f"a missing (null) field the templates read ({', '.join(read)}) or a blank one a target reads"
         if count > max_bad_fraction * total:
-            raise UserError(f"task {task.name!r}: {count} of {total} rows ({where}) have an empty (null) field the "
-                            f"templates read ({', '.join(read)}), more than data.max_bad_row_fraction="
-                            f"{max_bad_fraction}; fix the data in {task.yaml_path.parent} or raise the setting")
-        _report_once(f"flanpipe: task {task.name}: dropped {count} of {total} rows ({where}) with an empty (null) "
-                     f"field the templates read ({', '.join(read)})")
+            raise UserError(f"task {task.name!r}: {count} of {total} rows ({where}) have {what}, more than "
+                            f"data.max_bad_row_fraction={max_bad_fraction}; fix the data in "
+                            f"{task.yaml_path.parent} or raise the setting")
+        _report_once(f"flanpipe: task {task.name}: dropped {count} of {total} rows ({where}) with {what}")
     return datasets.DatasetDict(kept)
 
 
-def _complete(batch: dict[str, list], columns: list[str]) -> list[bool]:
-    return [all(batch[column][i] is not None for column in columns) for i in range(len(batch[columns[0]]))]
+def _blank_count(column: Any) -> int:
+    """How many values of an Arrow column are empty or whitespace-only text (0 for other types)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return 0
+    return pc.sum(pc.equal(pc.utf8_trim_whitespace(column), "")).as_py() or 0
+
+
+def _complete(batch: dict[str, list], nullable: list[str], blank: list[str]) -> list[bool]:
+    size = len(batch[(nullable or blank)[0]])
+    return [all(batch[column][i] is not None for column in nullable)
+            and all(isinstance(batch[column][i], str) and batch[column][i].strip() for column in blank)
+            for i in range(size)]
 
 
 _REPORTED: set[str] = set()

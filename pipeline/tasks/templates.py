@@ -134,6 +134,12 @@ class Template:
         return frozenset(names - PROVIDED_VARIABLES)
 
     @cached_property
+    def target_variables(self) -> frozenset[str]:
+        """The example fields the target side reads: a blank one would make a blank target."""
+        return frozenset(jinja2.meta.find_undeclared_variables(ENVIRONMENT.parse(self.target_source))
+                         - PROVIDED_VARIABLES)
+
+    @cached_property
     def places_options(self) -> bool:
         """Whether the template puts `{{ options }}` itself; otherwise the options variant appends them."""
         return "options" in jinja2.meta.find_undeclared_variables(ENVIRONMENT.parse(self.input_source))

@@ -152,10 +152,10 @@ def test_a_broken_file_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, p
     assert not (tmp_path / "run").exists()
 
 
-def _rows_with_nulls(root, count: int) -> None:
+def _rows_with_nulls(root, count: int, bad_label=None) -> None:
     import json
 
-    rows = [{"text": f"sentence {i}", "label": None if i < count else ("positive" if i % 2 else "negative")}
+    rows = [{"text": f"sentence {i}", "label": bad_label if i < count else ("positive" if i % 2 else "negative")}
             for i in range(200)]
     (root / "tasks" / "tiny" / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
@@ -165,7 +165,7 @@ def test_too_many_rows_missing_a_field_refuse_the_task(capsys, tmp_path, project
     code, err = run(capsys, ["train", *project, "data.mixture=mix"])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err
-    assert "task 'tiny': 20 of 200 rows (20 train) have an empty (null) field the templates read" in lines[0]
+    assert "task 'tiny': 20 of 200 rows (20 train) have a missing (null) field the templates read" in lines[0]
     assert "data.max_bad_row_fraction=0.01" in lines[0] and not (tmp_path / "run").exists()
 
 
@@ -177,7 +177,7 @@ def test_a_few_rows_missing_a_field_are_dropped_and_reported(capsys, tmp_path, p
     splits = load_splits(load_task(tmp_path / "tasks" / "tiny"), tmp_path / "cache")
     assert sum(len(split) for split in splits.values()) == 199
     assert all(label is not None for split in splits.values() for label in split["label"])
-    assert "task tiny: dropped 1 of 200 rows (1 train) with an empty (null) field" in capsys.readouterr().err
+    assert "task tiny: dropped 1 of 200 rows (1 train) with a missing (null) field" in capsys.readouterr().err
 
 
 def _edit_json(path, **changes):
@@ -226,3 +226,17 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(capsys, tmp
     code, err = run(capsys, ["eval", str(world["model"]), "--out", out, *project])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and message in lines[0] and f"--out {out}" in lines[0], err
+
+
+@pytest.mark.parametrize("blank", ["", "  \n"])
+def test_rows_whose_target_field_is_blank_are_dropped_and_reported(capsys, tmp_path, project, blank, monkeypatch):
+    from pipeline.tasks import splits as splits_module
+    from pipeline.tasks.splits import load_splits
+    from pipeline.tasks.task import load_task
+
+    monkeypatch.setattr(splits_module, "_REPORTED", set())  # reported once per process: both cases must see it
+    _rows_with_nulls(tmp_path, 2, bad_label=blank)
+    splits = load_splits(load_task(tmp_path / "tasks" / "tiny"), tmp_path / "cache", max_bad_fraction=0.05)
+    assert sum(len(split) for split in splits.values()) == 198
+    assert all(label.strip() for split in splits.values() for label in split["label"])
+    assert "dropped 2 of 200 rows (2 train) with a missing (null) field" in capsys.readouterr().err
