@@ -94,11 +94,12 @@ sandbox: $(STAMP) ## render every template escape and resource bomb in a fresh p
 test-fast: $(STAMP) ## unit tests only
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
-bench: data ## benchmarks: rendering, mixture draws/s, packing, the training loop vs Seq2SeqTrainer
+bench: data ## benchmarks: rendering, mixture draws/s, packing, the training loop vs Seq2SeqTrainer, contention
 	$(BIN)/python bench/bench_rendering.py
 	$(BIN)/python bench/bench_mixing.py
 	$(BIN)/python bench/bench_packing.py --mixture default --threads 1
 	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/contention.py
 
 clean: ## remove the venv and caches (not the downloaded data in ~/.cache/flanpipe)
 	rm -rf $(VENV) .lock-venv .pytest_cache build dist *.egg-info

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,27 @@ def torch_threads(setting: int) -> int:
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def warn_if_cores_are_busy(threads: int) -> None:
+    """Say so when other work keeps this machine's cores busy: torch's threads wait on each other whenever one
+    of their cores is taken (measured: 0.21× the solo throughput beside one busy job, 0.56× with one thread;
+    `bench/contention.py`). The thread count is not changed behind the user's back: it changes the low bits of
+    every loss, and runs must repeat exactly."""
+    import psutil
+
+    busy = sum(percent > 50 for percent in psutil.cpu_percent(interval=0.3, percpu=True))
+    if busy and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) == 1:
+        print(f"flanpipe: note: {busy} of {psutil.cpu_count()} cores are busy with other work; torch's {threads} "
+              "threads will wait on each other (several times slower). run.threads=1 is faster while that lasts",
+              file=sys.stderr, flush=True)
+
+
 def make_accelerator(cfg: Config, run_dir: Path) -> tuple[Accelerator, dict[str, Any]]:
     """The Accelerator (CPU when no GPU, bf16 on GPUs that have it) and the trackers' init kwargs."""
-    torch.set_num_threads(torch_threads(cfg.run.threads))
+    threads = torch_threads(cfg.run.threads)
+    torch.set_num_threads(threads)
     use_cpu = not torch.cuda.is_available()
+    if use_cpu and threads > 1 and cfg.run.threads == 0:
+        warn_if_cores_are_busy(threads)
     launched_by = [name for name in ("LOCAL_RANK", "RANK") if name in os.environ]
     mixed_precision = cfg.train.mixed_precision
     if mixed_precision == "auto":
