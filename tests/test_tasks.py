@@ -89,3 +89,20 @@ def test_folder_without_templates(tmp_path):
     folder = write_task(tmp_path, "empty", "source: {files: data.jsonl}\n", {})
     with pytest.raises(UserError, match=r"no templates"):
         load_task(folder)
+
+
+def test_a_task_is_loaded_once_per_process_until_its_data_or_text_changes(tasks_dir, cache_dir, monkeypatch):
+    from pipeline.tasks import splits as splits_module
+
+    loads = []
+    real = splits_module.load_source
+    monkeypatch.setattr(splits_module, "load_source", lambda *a: loads.append(1) or real(*a))
+    task = load_tasks(tasks_dir)["tiny"]
+    first = load_splits(task, cache_dir)
+    assert load_split(task, "train", cache_dir)["text"] == first["train"]["text"] and len(loads) == 1
+    data = tasks_dir / "tiny" / "data.jsonl"
+    data.write_text(data.read_text() + json.dumps({"text": "one more", "label": "positive"}) + "\n")
+    assert sum(map(len, load_splits(task, cache_dir).values())) == 41 and len(loads) == 2  # the file changed
+    (tasks_dir / "tiny" / "ask.jinja").write_text("Text: {{ text }}\n|||\n{{ label }}\n")
+    load_splits(load_tasks(tasks_dir)["tiny"], cache_dir)
+    assert len(loads) == 3  # the task's text changed

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.builtin.fetch import ensure_builtin
+from pipeline.builtin.fetch import builtin_data_path, ensure_builtin
 from pipeline.errors import UserError, one_line
 from pipeline.files import stable_seed
 from pipeline.tasks.task import FILE_FORMATS, PREPROCESSORS, SPLITS, Task
@@ -123,7 +123,40 @@ def _resolve_files(files: Any, task: Task) -> dict[str, list[str]]:
 def load_splits(task: Task, cache_dir: Path, split_seed: int = 0, max_bad_fraction: float = MAX_BAD_ROW_FRACTION
                 ) -> datasets.DatasetDict:
     """All of train/validation/test for a task: field mapping, preprocessing, rows missing a field the templates
-    read dropped (`drop_incomplete_rows`), then carving of missing splits."""
+    read dropped (`drop_incomplete_rows`), then carving of missing splits.
+
+    Loaded once per process: mixture statistics, the training feed and the evaluator all ask for the same task,
+    and each load reads the source (1,000 tasks cost seconds per pass). The key holds the task's text and the
+    source files' sizes and times, so an edited task or data file is loaded again."""
+    import datasets
+
+    key = (str(task.folder), task.fingerprint, str(cache_dir), split_seed, max_bad_fraction,
+           _source_state(task, cache_dir))
+    if key not in _LOADED:
+        _LOADED[key] = _load_splits(task, cache_dir, split_seed, max_bad_fraction)
+    return datasets.DatasetDict(_LOADED[key])  # a new dict: a caller may replace a split in its own
+
+
+_LOADED: dict[tuple, Any] = {}
+
+
+def _source_state(task: Task, cache_dir: Path) -> tuple:
+    """Size and modification time of the task's local data files (empty for hub datasets)."""
+    if "builtin" in task.source:
+        paths = [builtin_data_path(cache_dir, task.source["builtin"])]
+    elif "files" in task.source:
+        paths = [Path(p) for files in _resolve_files(task.source["files"], task).values() for p in files]
+    else:
+        return ()
+    state = []
+    for path in paths:
+        if path.exists():
+            stat = path.stat()
+            state.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(state)
+
+
+def _load_splits(task: Task, cache_dir: Path, split_seed: int, max_bad_fraction: float) -> datasets.DatasetDict:
     import datasets
     import numpy as np
 
