@@ -18,7 +18,7 @@ DATA_ARGS ?=
 RUN    ?= runs/default
 NPROC  ?= 2
 
-.PHONY: setup lock test test-fast faults sandbox lint render tasks data mixture train train-multi eval report forgetting benchmarks bench clean help
+.PHONY: setup lock test test-fast faults sandbox bench-startup lint render tasks data mixture train train-multi eval report forgetting benchmarks bench clean help
 
 help:
 	@grep -E '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -100,6 +100,9 @@ bench: data ## benchmarks: rendering, mixture draws/s, packing, the training loo
 	$(BIN)/python bench/bench_packing.py --mixture default --threads 1
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/contention.py
+
+bench-startup: data ## start-up at FLAN scale: 100 and 1,000 generated local tasks (make bench-startup ARGS="--tasks 2000")
+	$(BIN)/python bench/startup.py $(ARGS)
 
 clean: ## remove the venv and caches (not the downloaded data in ~/.cache/flanpipe)
 	rm -rf $(VENV) .lock-venv .pytest_cache build dist *.egg-info

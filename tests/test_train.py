@@ -267,3 +267,16 @@ def test_torch_threads_split_the_cores_among_local_processes(monkeypatch):
     assert torch_threads(0) == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert torch_threads(0) == 3
+
+
+def test_the_closing_line_stays_one_short_line_with_many_tasks():
+    from pipeline.train.loop import _summary_line
+
+    start = {f"task{i:04d}": 9.0 for i in range(1000)}
+    end = {task: 5.0 + (i == 7) * 4.5 for i, task in enumerate(start)}
+    line = _summary_line({"steps": 10, "tokens": 1000, "seconds": 3.0, "validation_loss_start": start,
+                          "validation_loss_end": end, "run_dir": "runs/x"})
+    assert len(line) < 400 and "mean over 1000 tasks 9.00→5.00" in line and "task0007 9.00→9.50" in line
+    few = _summary_line({"steps": 10, "tokens": 1000, "seconds": 3.0, "validation_loss_start": {"a": 2.0},
+                         "validation_loss_end": {"a": 1.0}, "run_dir": "runs/x"})
+    assert "a 2.00→1.00" in few

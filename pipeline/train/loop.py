@@ -277,8 +277,21 @@ def _summary(state: TrainState, final_validation: dict[str, float], run_dir: Pat
     }
 
 
+SUMMARY_TASKS = 20
+"""Past this many tasks the closing line gives the mean and the tasks that improved least, not every task."""
+
+
 def _summary_line(summary: dict[str, Any]) -> str:
     start, end = summary["validation_loss_start"], summary["validation_loss_end"]
-    per_task = ", ".join(f"{task} {start.get(task, float('nan')):.2f}→{end[task]:.2f}" for task in sorted(end))
+    change = {task: end[task] - start.get(task, float("nan")) for task in end}
+    if len(end) <= SUMMARY_TASKS:
+        losses = ", ".join(f"{task} {start.get(task, float('nan')):.2f}→{end[task]:.2f}" for task in sorted(end))
+    else:
+        known = [task for task in end if task in start]
+        mean_start = sum(start[task] for task in known) / max(1, len(known))
+        least = sorted(known, key=lambda task: -change[task])[:3]
+        losses = (f"mean over {len(end)} tasks {mean_start:.2f}→{sum(end.values()) / len(end):.2f}; least improved "
+                  + ", ".join(f"{task} {start[task]:.2f}→{end[task]:.2f}" for task in least)
+                  + f" (every task in {summary['run_dir']}/eval/validation.json)")
     return (f"done: {summary['steps']} steps, {summary['tokens']:,} tokens, {summary['seconds']:.0f} s; "
-            f"validation loss {per_task}; final model in {summary['run_dir']}/final")
+            f"validation loss {losses}; final model in {summary['run_dir']}/final")
