@@ -220,14 +220,10 @@ class EvalConfig:
     """Beam search width; 1 = greedy (FLAN's default for evaluation)."""
     samples: int = 3
     """Sample generations per task logged at each evaluation."""
-    periodic_tasks: int = 0
-    """Tasks in each evaluation during training (`train.eval_every`): 0 = all; N = the same seeded sample of N
-    tasks at every evaluation, so that 1,000 tasks do not dominate a run. The base model's scores and the final
-    evaluation always cover every task; `eval/loss` is the mean over the sample throughout."""
 
     def __post_init__(self) -> None:
         for key, minimum in (("max_examples", 0), ("batch_size", 1), ("max_new_tokens", 1), ("num_beams", 1),
-                             ("samples", 0), ("periodic_tasks", 0)):
+                             ("samples", 0)):
             check_at_least("eval", key, getattr(self, key), minimum)
 
 

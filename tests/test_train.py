@@ -280,20 +280,3 @@ def test_the_closing_line_stays_one_short_line_with_many_tasks():
     few = _summary_line({"steps": 10, "tokens": 1000, "seconds": 3.0, "validation_loss_start": {"a": 2.0},
                          "validation_loss_end": {"a": 1.0}, "run_dir": "runs/x"})
     assert "a 2.00→1.00" in few
-
-
-def test_periodic_evaluation_of_a_task_sample_keeps_one_comparable_series(world, tmp_path):
-    run_dir = tmp_path / "run"
-    result = launch(settings(world, run_dir, "eval.periodic_tasks=1", "train.eval_every=4", "eval.samples=1"))
-    assert result.returncode == 0, result.stdout + result.stderr
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evaluated = {r["step"]: sorted(k.removeprefix("eval/loss/") for k in r if k.startswith("eval/loss/"))
-                 for r in records if "eval/loss" in r}
-    assert evaluated[0] == evaluated[12] == ["colour", "echo"]  # the base scores and the end: every task
-    assert len(evaluated[4]) == 1 and evaluated[4] == evaluated[8]  # during training: the same one task
-    (sampled,) = evaluated[4]
-    means = {r["step"]: r["eval/loss"] for r in records if "eval/loss" in r}
-    assert all(means[step] == r[f"eval/loss/{sampled}"] for step in (0, 12) for r in records
-               if r["step"] == step and "eval/loss" in r)
-    samples = [r["eval/samples"] for r in records if r["step"] == 4 and "eval/samples" in r][0]
-    assert {s["task"] for s in samples} == {sampled}

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
@@ -33,7 +32,7 @@ from pipeline.data.collate import LABEL_PAD
 from pipeline.data.tokenize import check_tokenizer, shown
 from pipeline.errors import UserError, one_line
 from pipeline.evaluate.scoring import rank_classification_scores
-from pipeline.files import content_hash, stable_seed, write_json_atomically
+from pipeline.files import content_hash, write_json_atomically
 from pipeline.forward import example_loss_sums, generate, token_losses
 from pipeline.metrics import MODEL_METRICS, compute_metrics, rank_classification
 from pipeline.tasks.rendering import ZERO_SHOT, RenderedExample, Variant, render_split
@@ -153,25 +152,13 @@ class Evaluator:
         return rank_classification(scores, gold)
 
     @torch.no_grad()
-    def task_sample(self, count: int, seed: int) -> list[str]:
-        """`count` of the evaluated tasks, the same for a given seed (all of them when `count` is 0 or more than
-        there are), in evaluation order."""
-        names = list(self.rows)
-        if count == 0 or count >= len(names):
-            return names
-        chosen = set(np.random.default_rng(stable_seed(seed, "periodic tasks")).choice(names, count, replace=False))
-        return [name for name in names if name in chosen]
-
-    def validation_losses(self, accelerator: Any, model: Any, other_inputs: bool = False,
-                          tasks: Sequence[str] | None = None) -> dict[str, float]:
-        """Mean target-token cross-entropy per task (teacher forcing), for `tasks` (default: all). With
-        `other_inputs`, each target is scored after the next example's input (same task, rotated by one): how
-        much worse that is measures how much the model reads its input rather than guessing the task's typical
-        answer."""
+    def validation_losses(self, accelerator: Any, model: Any, other_inputs: bool = False) -> dict[str, float]:
+        """Mean target-token cross-entropy per task (teacher forcing). With `other_inputs`, each target is
+        scored after the next example's input (same task, rotated by one): how much worse that is measures
+        how much the model reads its input rather than guessing the task's typical answer."""
         model.eval()
         losses = {}
-        for task in tasks or self.rows:
-            rows = self.rows[task]
+        for task, rows in self.rows.items():
             if other_inputs:
                 inputs = [row.input for row in rows[1:] + rows[:1]]
                 rows = [dataclasses.replace(row, input=text) for row, text in zip(rows, inputs, strict=True)]
@@ -227,10 +214,9 @@ class Evaluator:
             outputs.extend(self.tokenizer.batch_decode(generated, skip_special_tokens=True))
         return [text.strip() for text in gather_rows(accelerator, outputs[:real])]
 
-    def samples(self, accelerator: Any, model: Any, tasks: Sequence[str] | None = None) -> list[list[str]]:
-        """A few generations per task of `tasks` (default: all), as rows of `SAMPLE_COLUMNS` (every process
-        computes, all get them)."""
-        picked = [row for task in tasks or self.rows for row in self.rows[task][: self.settings.samples]]
+    def samples(self, accelerator: Any, model: Any) -> list[list[str]]:
+        """A few generations per task, as rows of `SAMPLE_COLUMNS` (every process computes, all get them)."""
+        picked = [row for rows in self.rows.values() for row in rows[: self.settings.samples]]
         if not picked:
             return []
         predictions = self.generate(accelerator, model, [row.input for row in picked])

@@ -18,7 +18,6 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +102,12 @@ def train(cfg: Config) -> dict[str, Any]:
         accelerator.log({"resume/changed": ", ".join(changed)}, step=state.step)
     stop = StopSignal(accelerator)
     window = LogWindow()
-    periodic = evaluator.task_sample(cfg.eval.periodic_tasks, cfg.run.seed)  # evaluated during training
     if state.step == 0:
         accelerator.log({f"mixture/target/{task}": share for task, share in mixture.shares.items()}, step=0)
         base = evaluator.cached_scores(accelerator, model, weights_fingerprint(inner_model(model)))
         if accelerator.is_main_process:
             write_json_atomically(run_dir / "eval" / "base_validation.json", {"model": cfg.model.name, "tasks": base})
-        state.first_validation = log_validation(accelerator, evaluator, model, state.step, periodic,
+        state.first_validation = log_validation(accelerator, evaluator, model, state.step,
                                                 losses={task: result["loss"] for task, result in base.items()})
 
     # --- the loop ------------------------------------------------------------------------------------------
@@ -139,7 +137,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 log_step(accelerator, state.step, state.tokens_seen, window, sampler, scheduler,
                          feed.batcher.truncation)
             if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step < cfg.train.max_steps:
-                log_validation(accelerator, evaluator, model, state.step, periodic)
+                log_validation(accelerator, evaluator, model, state.step)
             if cfg.train.save_every and state.step % cfg.train.save_every == 0:
                 save(accelerator, run_dir, cfg, state, sampler)
 
@@ -152,7 +150,7 @@ def train(cfg: Config) -> dict[str, Any]:
         return {"step": state.step, "stopped": stop.name}
     scores = save_scores(accelerator, evaluator, model, run_dir / "eval" / "validation.json", cfg,
                          base=run_dir / "eval" / "base_validation.json")
-    final_validation = log_validation(accelerator, evaluator, model, state.step, periodic,
+    final_validation = log_validation(accelerator, evaluator, model, state.step,
                                       losses={task: result["loss"] for task, result in scores["tasks"].items()})
     accelerator.log({f"eval/{task}/{metric}": value for task, result in scores["tasks"].items()
                      for metric, value in result["metrics"].items()}, step=state.step)
@@ -198,17 +196,16 @@ def train_step(accelerator: Accelerator, model: Any, optimizer: Any, scheduler: 
     return window.last_step_loss(accelerator)
 
 
-def log_validation(accelerator: Accelerator, evaluator: Evaluator, model: Any, step: int, tasks: Sequence[str],
+def log_validation(accelerator: Accelerator, evaluator: Evaluator, model: Any, step: int,
                    losses: dict[str, float] | None = None) -> dict[str, float]:
-    """Validation loss per task of `tasks` and their sample generations, logged to the trackers; returns
-    task -> loss. `losses` already computed for every task (by a full scoring at the start or end of a run) are
-    all logged; `eval/loss` is the mean over `tasks` either way, one series however many tasks each point saw."""
+    """Validation loss per task and sample generations, logged to the trackers; returns task -> loss.
+    `losses` already computed (by a full scoring at the start or end of a run) are logged as they are."""
     if losses is None:
-        losses = evaluator.validation_losses(accelerator, model, tasks=tasks)
+        losses = evaluator.validation_losses(accelerator, model)
     values = {f"eval/loss/{task}": loss for task, loss in losses.items()}
-    values["eval/loss"] = sum(losses[task] for task in tasks) / max(1, len(tasks))
+    values["eval/loss"] = sum(losses.values()) / max(1, len(losses))
     accelerator.log(values, step=step)
-    log_samples(accelerator, SAMPLE_COLUMNS, evaluator.samples(accelerator, model, tasks), step)
+    log_samples(accelerator, SAMPLE_COLUMNS, evaluator.samples(accelerator, model), step)
     return losses
 
 
