@@ -66,7 +66,8 @@ def cmd_tasks(args: argparse.Namespace) -> None:
         available, why = task.available(cache_dir)
         splits = {}
         if available:
-            splits = {name: len(ds) for name, ds in load_splits(task, cache_dir, cfg.data.split_seed).items()}
+            splits = {name: len(ds) for name, ds in load_splits(task, cache_dir, cfg.data.split_seed,
+                                                                    cfg.data.max_bad_row_fraction).items()}
         source = ", ".join(f"{k}={v}" for k, v in task.source.items())
         rows.append(
             {
@@ -109,10 +110,11 @@ def cmd_render(args: argparse.Namespace) -> None:
     variant = Variant.parse(args.variant)
     templates = [task.template(args.template)] if args.template else list(task.templates.values())
     cache_dir = cfg.data.cache_path()
-    examples = load_split(task, args.split, cache_dir, cfg.data.split_seed)
+    examples = load_split(task, args.split, cache_dir, cfg.data.split_seed, cfg.data.max_bad_row_fraction)
     pool = None
     if variant.few_shot:
-        pool = ExemplarPool(load_split(task, "train", cache_dir, cfg.data.split_seed).to_list(), args.split == "train")
+        train = load_split(task, "train", cache_dir, cfg.data.split_seed, cfg.data.max_bad_row_fraction)
+        pool = ExemplarPool(train.to_list(), args.split == "train")
     tokenizer = None
     if args.tokenized:
         from pipeline.modeling import load_model  # transformers: see the module docstring

@@ -116,8 +116,8 @@ class DataConfig:
     homogeneous_batches: bool = False
     """Draw every global batch from a single task instead of mixing tasks within a batch."""
     max_bad_row_fraction: float = 0.01
-    """Refuse a task when more than this share of its rows lack a field its templates read (null); fewer are
-    dropped and reported."""
+    """Refuse a task when more than this share of its rows lack a field its templates read (null) or have a
+    blank field a target reads; fewer are dropped and reported."""
     max_unk_rate: float = 0.02
     """Refuse to train when more than this share of the rendered text's tokens are the tokenizer's unknown token
     (a tokenizer that does not fit the model or the data); 1 = never refuse."""

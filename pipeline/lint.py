@@ -81,7 +81,7 @@ def lint_task(task: Task, data: DataConfig, seed: int = 0) -> list[str]:
     available, _ = task.available(data.cache_path())
     if not available:
         return problems  # the data is not here: structure is checked, rows are not
-    rows = load_split(task, "train", data.cache_path(), data.split_seed)
+    rows = load_split(task, "train", data.cache_path(), data.split_seed, data.max_bad_row_fraction)
     rows = rows.select(range(min(SAMPLE_ROWS, len(rows))))
     columns = set(rows.column_names)
     for template in task.templates.values():

@@ -49,7 +49,7 @@ def evaluation_rows(task: Task, split: str, data: DataConfig, seed: int, limit: 
     rendered = render_split(
         task, split, cache_dir=data.cache_path(), seed=seed, templates=templates, variant=variant,
         k=data.few_shot_k, max_input_length=data.max_input_length, split_seed=data.split_seed,
-        limit=limit or None,
+        max_bad_fraction=data.max_bad_row_fraction, limit=limit or None,
     )
     count = len(templates)
     picks = [i * count + i % count for i in range(len(rendered) // count)]

@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.files import content_hash, stable_seed, staged_folder, usable_cache
-from pipeline.tasks.splits import load_splits
+from pipeline.tasks.splits import MAX_BAD_ROW_FRACTION, load_splits
 from pipeline.tasks.task import Task
 from pipeline.tasks.templates import Template, render_answer_choices
 
@@ -180,6 +180,7 @@ def render_split(
     k: int = 3,
     max_input_length: int = 256,
     split_seed: int = 0,
+    max_bad_fraction: float = MAX_BAD_ROW_FRACTION,
     num_proc: int = 1,
     limit: int | None = None,
 ) -> datasets.Dataset:
@@ -189,7 +190,7 @@ def render_split(
     """
     import datasets
 
-    splits = load_splits(task, cache_dir, split_seed)
+    splits = load_splits(task, cache_dir, split_seed, max_bad_fraction)
     if split not in splits:
         raise UserError(f"task {task.name!r} has no {split!r} split; add it to splits or carve in {task.yaml_path}")
     examples = splits[split]

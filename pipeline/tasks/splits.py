@@ -17,16 +17,18 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.builtin.fetch import builtin_data_path, ensure_builtin
+from pipeline.config import DataConfig
 from pipeline.errors import UserError, one_line
 from pipeline.files import stable_seed
 from pipeline.tasks.task import FILE_FORMATS, PREPROCESSORS, SPLITS, Task
 
-MAX_BAD_ROW_FRACTION = 0.01
-"""Default of `data.max_bad_row_fraction`: the share of a task's rows that may be dropped as incomplete."""
+MAX_BAD_ROW_FRACTION = DataConfig.max_bad_row_fraction
+"""The default share of a task's rows that may be dropped as incomplete, for callers without a config."""
 
 if TYPE_CHECKING:
     import datasets
@@ -127,14 +129,17 @@ def load_splits(task: Task, cache_dir: Path, split_seed: int = 0, max_bad_fracti
 
     Loaded once per process: mixture statistics, the training feed and the evaluator all ask for the same task,
     and each load reads the source (1,000 tasks cost seconds per pass). The key holds the task's text and the
-    source files' sizes and times, so an edited task or data file is loaded again."""
+    source files' sizes and times, so an edited task or data file is loaded again. `max_bad_fraction` only
+    decides whether the dropped rows refuse the task, so it is applied on every call, not part of the key."""
     import datasets
 
-    key = (str(task.folder), task.fingerprint, str(cache_dir), split_seed, max_bad_fraction,
-           _source_state(task, cache_dir))
+    key = (str(task.folder), task.fingerprint, str(cache_dir), split_seed, _source_state(task, cache_dir))
     if key not in _LOADED:
-        _LOADED[key] = _load_splits(task, cache_dir, split_seed, max_bad_fraction)
-    return datasets.DatasetDict(_LOADED[key])  # a new dict: a caller may replace a split in its own
+        _LOADED[key] = _load_splits(task, cache_dir, split_seed)
+    splits, dropped = _LOADED[key]
+    if dropped is not None:
+        _refuse_or_report(task, dropped, max_bad_fraction)
+    return datasets.DatasetDict(splits)  # a new dict: a caller may replace a split in its own
 
 
 _LOADED: dict[tuple, Any] = {}
@@ -156,7 +161,7 @@ def _source_state(task: Task, cache_dir: Path) -> tuple:
     return tuple(state)
 
 
-def _load_splits(task: Task, cache_dir: Path, split_seed: int, max_bad_fraction: float) -> datasets.DatasetDict:
+def _load_splits(task: Task, cache_dir: Path, split_seed: int) -> tuple[datasets.DatasetDict, DroppedRows | None]:
     import datasets
     import numpy as np
 
@@ -171,7 +176,7 @@ def _load_splits(task: Task, cache_dir: Path, split_seed: int, max_bad_fraction:
             splits[name] = dataset.rename_column(theirs, ours) if ours != theirs else dataset
     for step in task.preprocess:
         splits = datasets.DatasetDict({name: PREPROCESSORS[step](ds) for name, ds in splits.items()})
-    splits = drop_incomplete_rows(task, splits, max_bad_fraction)
+    splits, dropped = drop_incomplete_rows(task, splits)
     if task.carve:
         train = splits["train"]
         # Seeded by the *source*, not the task name: two tasks over the same data (en→es and es→en) carve
@@ -186,15 +191,24 @@ def _load_splits(task: Task, cache_dir: Path, split_seed: int, max_bad_fraction:
         if start >= len(train):
             raise UserError(f"{task.yaml_path}: carve takes {start} of {len(train)} train examples; ask for less")
         splits["train"] = train.select(np.sort(order[start:]))
-    return splits
+    return splits, dropped
 
 
-def drop_incomplete_rows(task: Task, splits: datasets.DatasetDict, max_bad_fraction: float
-                         ) -> datasets.DatasetDict:
+@dataclass(frozen=True)
+class DroppedRows:
+    """What `drop_incomplete_rows` dropped from a task: `count` of `total` rows, per split in `where`."""
+
+    count: int
+    total: int
+    where: str
+    what: str
+
+
+def drop_incomplete_rows(task: Task, splits: datasets.DatasetDict
+                         ) -> tuple[datasets.DatasetDict, DroppedRows | None]:
     """Drop the rows where a field the task's templates read is null, or a text field a target reads is blank:
-    such a row would render "None" or nothing as its prompt or target and be trained on. The count is reported
-    once per task on stderr, and more than `max_bad_fraction` of a task's rows is refused
-    (`data.max_bad_row_fraction`): the data is not what the templates expect."""
+    such a row would render "None" or nothing as its prompt or target and be trained on. Returns the kept
+    splits and what was dropped (None when nothing was); `load_splits` reports it or refuses the task."""
     import datasets
 
     read = sorted(set().union(*(template.variables for template in task.templates.values())))
@@ -215,16 +229,22 @@ def drop_incomplete_rows(task: Task, splits: datasets.DatasetDict, max_bad_fract
                                     desc=f"checking {task.name}/{name}")
         if len(kept[name]) < len(dataset):
             dropped[name] = len(dataset) - len(kept[name])
-    if dropped:
-        count = sum(dropped.values())
-        where = ", ".join(f"{n} {name}" for name, n in dropped.items())
-        what = f"a missing (null) field the templates read ({', '.join(read)}) or a blank one a target reads"
-        if count > max_bad_fraction * total:
-            raise UserError(f"task {task.name!r}: {count} of {total} rows ({where}) have {what}, more than "
-                            f"data.max_bad_row_fraction={max_bad_fraction}; fix the data in "
-                            f"{task.yaml_path.parent} or raise the setting")
-        _report_once(f"flanpipe: task {task.name}: dropped {count} of {total} rows ({where}) with {what}")
-    return datasets.DatasetDict(kept)
+    if not dropped:
+        return datasets.DatasetDict(kept), None
+    where = ", ".join(f"{n} {name}" for name, n in dropped.items())
+    what = f"a missing (null) field the templates read ({', '.join(read)}) or a blank one a target reads"
+    return datasets.DatasetDict(kept), DroppedRows(sum(dropped.values()), total, where, what)
+
+
+def _refuse_or_report(task: Task, dropped: DroppedRows, max_bad_fraction: float) -> None:
+    """More than `max_bad_fraction` of a task's rows dropped refuses the task (`data.max_bad_row_fraction`: the
+    data is not what the templates expect); fewer are reported once per task on stderr."""
+    if dropped.count > max_bad_fraction * dropped.total:
+        raise UserError(f"task {task.name!r}: {dropped.count} of {dropped.total} rows ({dropped.where}) have "
+                        f"{dropped.what}, more than data.max_bad_row_fraction={max_bad_fraction}; fix the data in "
+                        f"{task.yaml_path.parent} or raise the setting")
+    _report_once(f"flanpipe: task {task.name}: dropped {dropped.count} of {dropped.total} rows ({dropped.where}) "
+                 f"with {dropped.what}")
 
 
 def _blank_count(column: Any) -> int:

@@ -34,7 +34,7 @@ class TrainingFeed:
         self.seed = seed
         self.batcher = batcher
         self.tasks = {name: tasks[name] for name in task_names}
-        self.splits = {name: load_split(task, "train", data.cache_path(), data.split_seed)
+        self.splits = {name: load_split(task, "train", data.cache_path(), data.split_seed, data.max_bad_row_fraction)
                        for name, task in self.tasks.items()}
         self.pools = {name: ExemplarPool(split, same_split=True) for name, split in self.splits.items()}
 

@@ -68,8 +68,10 @@ def warn_if_cores_are_busy(threads: int) -> None:
     every loss, and runs must repeat exactly."""
     import psutil
 
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        return  # the other processes of this launch are busy starting up: sampling would count them
     busy = sum(percent > 50 for percent in psutil.cpu_percent(interval=0.3, percpu=True))
-    if busy and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) == 1:
+    if busy:
         print(f"flanpipe: note: {busy} of {psutil.cpu_count()} cores are busy with other work; torch's {threads} "
               "threads will wait on each other (several times slower). run.threads=1 is faster while that lasts",
               file=sys.stderr, flush=True)

@@ -240,3 +240,23 @@ def test_rows_whose_target_field_is_blank_are_dropped_and_reported(capsys, tmp_p
     assert sum(len(split) for split in splits.values()) == 198
     assert all(label.strip() for split in splits.values() for label in split["label"])
     assert "dropped 2 of 200 rows (2 train) with a missing (null) field" in capsys.readouterr().err
+
+
+def test_a_raised_max_bad_row_fraction_holds_for_every_reader_of_the_task(capsys, tmp_path, project):
+    """The setting decides for the mixture statistics, the training feed, evaluation and `flanpipe render`
+    alike: a task accepted by one must not be refused by another."""
+    from pipeline.config import DataConfig
+    from pipeline.evaluate.evaluator import evaluation_rows
+    from pipeline.tasks.task import load_tasks
+    from pipeline.train.feed import TrainingFeed
+
+    _rows_with_nulls(tmp_path, 20)  # 10% of the rows have no label
+    code, err = run(capsys, ["render", "tiny", "-n", "1", *project])
+    assert code == 2 and "data.max_bad_row_fraction=0.01" in err
+    main(["render", "tiny", "-n", "1", *project, "data.max_bad_row_fraction=0.2"])  # no SystemExit: it renders
+    assert "Review: sentence" in capsys.readouterr().out
+    data = DataConfig(templates_dir=str(tmp_path / "tasks"), cache_dir=str(tmp_path / "cache"),
+                      max_bad_row_fraction=0.2)
+    tasks = load_tasks(tmp_path / "tasks")
+    assert len(TrainingFeed(tasks, ["tiny"], None, data, seed=0).splits["tiny"]) == 170  # 200 - 20 dropped - 10 carved
+    assert evaluation_rows(tasks["tiny"], "validation", data, seed=0, limit=None)
