@@ -1,7 +1,7 @@
 """Padding efficiency and training throughput: encoder-decoder packing (`PackingCollator`) against dynamic
 padding (`PaddingCollator`, with and without length grouping), on lengths drawn like instruction data.
 
-    .venv/bin/python bench/bench_packing.py [--batches 200] [--timed-batches 6]
+    .venv/bin/python bench/bench_packing.py [--batches 200] [--timed-batches 6] [--row-lengths 256x128 ...]
         [--mixture default [--tokenizer DIR] | --lengths lengths.jsonl]
 
 The synthetic mix: 50% zero-shot classification (input 20-80 tokens, target 1-3), 20% few-shot
@@ -10,7 +10,10 @@ classification (input 120-256, target 1-3), 30% generation (input 30-200, target
 the MixtureSampler (run.seed 0), renders them and tokenizes them with `encode_texts` (eos, truncation);
 the tokenizer is `--tokenizer DIR` (a saved tokenizer), else a BPE of 8k tokens trained on the rendered text
 as a stand-in. `--lengths` reads lengths instead, one JSON object per line with `input` and `target` counts.
-Throughput is real (non-padding) tokens per second of forward+backward of a small T5 on this machine.
+Packing is measured for each `--row-lengths` shape (widest encoder x decoder side of a packed row; the first
+is the default, `data.packed_input_length` x `data.packed_target_length`), each batch's rows planned by
+`plan_rows`. Throughput is real (non-padding) tokens per second of forward+backward of a small T5 on this
+machine, the ways interleaved batch by batch.
 """
 
 import argparse
@@ -121,17 +124,23 @@ def step_seconds(model: torch.nn.Module, batch: dict) -> float:
     return time.perf_counter() - start
 
 
-def throughputs(model: torch.nn.Module, padded: list[dict], packed: list[dict]) -> tuple[float, float]:
-    """Real tokens per second of forward+backward for each way, the two interleaved batch by batch so that
-    load from other processes hits both alike (the first batch of each warms up and is not timed)."""
-    seconds, tokens = [0.0, 0.0], [0, 0]
-    for i, pair in enumerate(zip(padded, packed, strict=True)):
-        for way, batch in enumerate(pair):
-            elapsed = step_seconds(model, batch)
-            if i:
-                seconds[way] += elapsed
-                tokens[way] += count_tokens(batch)[0]
-    return tokens[0] / seconds[0], tokens[1] / seconds[1]
+def throughputs(model: torch.nn.Module, ways: list[list[dict]], rounds: int) -> list[float]:
+    """Real tokens per second of forward+backward for each way, the ways interleaved batch by batch so that
+    load from other processes hits them alike (the first batch of each round warms up and is not timed)."""
+    seconds, tokens = [0.0] * len(ways), [0] * len(ways)
+    for _ in range(rounds):
+        for i, batches in enumerate(zip(*ways, strict=True)):
+            for way, batch in enumerate(batches):
+                elapsed = step_seconds(model, batch)
+                if i:
+                    seconds[way] += elapsed
+                    tokens[way] += count_tokens(batch)[0]
+    return [t / s for t, s in zip(tokens, seconds, strict=True)]
+
+
+def row_lengths(text: str) -> tuple[int, int]:
+    encoder, _, decoder = text.partition("x")
+    return int(encoder), int(decoder)
 
 
 def main() -> None:
@@ -144,6 +153,10 @@ def main() -> None:
     parser.add_argument("--mixture", help="draw, render and tokenize examples of this mixture")
     parser.add_argument("--tokenizer", type=Path, help="saved tokenizer folder for --mixture")
     parser.add_argument("--lengths", type=Path, help="JSONL of {input, target} token counts")
+    parser.add_argument("--row-lengths", type=row_lengths, nargs="+", metavar="INxOUT",
+                        default=[(256, 128), (256, 64), (512, 128)],
+                        help="packed row shapes to compare (the first is flanpipe's default)")
+    parser.add_argument("--rounds", type=int, default=2, help="passes over the timed batches")
     args = parser.parse_args()
     rng = random.Random(0)
     torch.manual_seed(0)
@@ -158,7 +171,7 @@ def main() -> None:
         lengths = synthetic_lengths(args.batches * size, rng)
     features = make_features(lengths[: args.batches * size], rng)
     windows = [features[i:i + size] for i in range(0, len(features) - size + 1, size)]
-    padding, packing = PaddingCollator(padding_tokenizer()), PackingCollator(MAX_INPUT, MAX_TARGET)
+    padding = PaddingCollator(padding_tokenizer())
 
     # Length grouping reorders a window of 4 micro-batches (e.g. gradient accumulation 4).
     grouped = []
@@ -167,24 +180,28 @@ def main() -> None:
         order = length_grouped_batches([(len(f["input_ids"]), len(f["labels"])) for f in window], size)
         grouped += [padding([window[i] for i in group]) for group in order]
     padded = [padding(w) for w in windows]
-    packed = [packing(w) for w in windows]
-    rows = sum(b["input_ids"].shape[0] for b in packed) / len(packed)
+    packed = {shape: [PackingCollator(*shape)(w) for w in windows] for shape in args.row_lengths}
     source = f"mixture {args.mixture!r}" if args.mixture else args.lengths or "synthetic instruction-like lengths"
     print(f"{len(windows)} batches of {size} examples ({source}); max lengths {MAX_INPUT}/{MAX_TARGET}")
     print("padding efficiency (real tokens / all tokens, encoder+decoder):")
     print(f"  dynamic padding               {efficiency(padded):6.1%}")
     print(f"  dynamic padding, grouped x4   {efficiency(grouped):6.1%}")
-    print(f"  packing                       {efficiency(packed):6.1%}   ({rows:.1f} rows per batch of {size})")
+    for (encoder, decoder), batches in packed.items():
+        rows = sum(b["input_ids"].shape[0] for b in batches) / len(batches)
+        print(f"  packing, rows <= {encoder}x{decoder:<8} {efficiency(batches):6.1%}   "
+              f"({rows:.1f} rows per batch of {size})")
 
     config = T5Config(vocab_size=VOCAB, d_model=128, d_ff=256, num_layers=4, num_decoder_layers=4, num_heads=4,
                       d_kv=32, feed_forward_proj="gated-gelu", decoder_start_token_id=0, pad_token_id=0,
                       eos_token_id=1)
     model = Seq2SeqLogits(T5ForConditionalGeneration(config).train())
     timed = args.timed_batches + 1
-    padded_speed, packed_speed = throughputs(model, padded[:timed], packed[:timed])
-    print(f"forward+backward, T5 d_model=128 4+4 layers, {torch.get_num_threads()} threads (real tokens/s):")
-    print(f"  dynamic padding  {padded_speed:9,.0f}")
-    print(f"  packing          {packed_speed:9,.0f}   ratio packing/padding {packed_speed / padded_speed:.2f}x")
+    speeds = throughputs(model, [padded[:timed], *(batches[:timed] for batches in packed.values())], args.rounds)
+    print(f"forward+backward, T5 d_model=128 4+4 layers, {torch.get_num_threads()} threads, {args.timed_batches} "
+          f"batches x {args.rounds} rounds (real tokens/s):")
+    print(f"  dynamic padding               {speeds[0]:9,.0f}")
+    for (encoder, decoder), speed in zip(packed, speeds[1:], strict=True):
+        print(f"  packing, rows <= {encoder}x{decoder:<8} {speed:9,.0f}   ratio to padding {speed / speeds[0]:.2f}x")
 
 
 if __name__ == "__main__":

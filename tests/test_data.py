@@ -1,5 +1,7 @@
 """pipeline/data/: tokenization, padding, length grouping, packing (the forward over packed batches: test_forward.py)."""
 
+import random
+
 import datasets
 import pytest
 from seq2seq_helpers import PAIRS, SENTENCES, features, word_tokenizer
@@ -13,8 +15,11 @@ from pipeline.data.collate import (
     length_grouped_batches,
     make_collator,
     pack_rows,
+    padded_area,
+    plan_rows,
 )
 from pipeline.data.tokenize import TruncationStats, check_tokenizer, encode_texts, shown, tokenize_batch
+from pipeline.errors import UserError
 
 
 def padding_efficiency(batch):
@@ -135,7 +140,34 @@ def test_make_collator_follows_data_packing(tokenizer):
     packing = make_collator(load_config(overrides=["data.packing=true", "data.pad_to_multiple_of=8"]).data,
                             tokenizer, 0)
     assert isinstance(packing, PackingCollator)
-    assert (packing.input_row_length, packing.target_row_length, packing.pad_to_multiple_of) == (256, 64, 8)
+    assert (packing.input_row_length, packing.target_row_length, packing.pad_to_multiple_of) == (256, 128, 8)
+
+
+def test_plan_rows_fits_each_batch_and_pads_less_than_first_fit():
+    rng = random.Random(0)
+    for _ in range(50):
+        # Like the default mixture: mostly short labels, some long targets, inputs up to the cap.
+        lengths = [(rng.randint(10, 256), rng.choice([2, 3, rng.randint(5, 64)])) for _ in range(rng.randint(1, 40))]
+        rows = plan_rows(lengths, 256, 128, multiple=8)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+        for row in rows:
+            assert sum(lengths[i][0] for i in row) <= 256 and sum(lengths[i][1] for i in row) <= 128
+        assert padded_area(lengths, rows, 8) <= padded_area(lengths, pack_rows(lengths, 256, 128), 8)
+        assert plan_rows(lengths, 256, 128, multiple=8) == rows  # a pure function of the lengths
+    # Even loads: first fit fills a row to 250 tokens beside one of 50, so both rows are 250 wide; spread
+    # evenly, the rows hold 200 and 100 and the batch is 200 wide (targets: 1 token each, 2 per row).
+    lengths = [(200, 1), (50, 1), (50, 1)]
+    assert pack_rows(lengths, 256, 64) == [[0, 1], [2]] and padded_area(lengths, pack_rows(lengths, 256, 64)) == 2 * (250 + 2)
+    assert padded_area(lengths, plan_rows(lengths, 256, 64)) == 2 * (200 + 2)
+    with pytest.raises(ValueError, match="does not fit"):
+        plan_rows([(300, 1)], 256, 64)
+
+
+@pytest.mark.parametrize("setting", ["data.packed_input_length=100", "data.packed_target_length=10",
+                                     "data.packed_input_length=-1"])
+def test_packed_row_lengths_below_the_example_caps_are_refused(setting):
+    with pytest.raises(UserError, match="packed_"):
+        load_config(overrides=[setting])
 
 
 def test_check_tokenizer_finds_unknown_and_dropped_characters(tokenizer):

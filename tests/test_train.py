@@ -34,6 +34,9 @@ def test_run_outputs_trackers_and_final_model(reference):
     assert any("train/loss/colour" in r and "train/loss/echo" in r for r in records)
     assert any("eval/loss/colour" in r for r in records) and any("eval/samples" in r for r in records)
     assert any("mixture/realized/echo" in r for r in records)
+    shares = [r["train/data_share"] for r in records if "train/data_share" in r]
+    assert shares and all(0 < share < 1 for share in shares)
+    assert re.search(r"\(data path \d+\.\d% of step time\)", result.stdout + result.stderr)
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb should default to offline without an API key"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-12", "step-9"]  # keep_last=2
@@ -47,11 +50,13 @@ def test_run_outputs_trackers_and_final_model(reference):
     assert output.shape[0] == 1 and output.shape[1] > 1
 
 
-def test_sigkill_at_a_random_step_then_resume_gives_identical_losses(world, reference, tmp_path):
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_sigkill_at_a_random_step_then_resume_gives_identical_losses(world, reference, tmp_path, prefetch):
+    """With `data.prefetch` the next batch is prepared ahead in a thread: nothing may change."""
     expected = losses(reference[0])
     run_dir = tmp_path / "killed"
     kill_after = random.Random().randint(4, 10)
-    process = launch(settings(world, run_dir), wait=False)
+    process = launch(settings(world, run_dir, f"data.prefetch={prefetch}"), wait=False)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
         if (run_dir / "metrics.jsonl").exists() and max(losses(run_dir), default=0) >= kill_after:
@@ -60,7 +65,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_identical_losses(world, refe
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert max(losses(run_dir)) < 12, "the run finished before it could be killed"
-    resumed = launch(settings(world, run_dir))
+    resumed = launch(settings(world, run_dir, f"data.prefetch={prefetch}"))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resumed from" in resumed.stdout + resumed.stderr
     assert losses(run_dir) == expected  # bitwise: same data order, same weights, same RNG
@@ -274,9 +279,9 @@ def test_the_closing_line_stays_one_short_line_with_many_tasks():
 
     start = {f"task{i:04d}": 9.0 for i in range(1000)}
     end = {task: 5.0 + (i == 7) * 4.5 for i, task in enumerate(start)}
-    line = _summary_line({"steps": 10, "tokens": 1000, "seconds": 3.0, "validation_loss_start": start,
+    line = _summary_line({"steps": 10, "tokens": 1000, "seconds": 3.0, "data_share": 0.01, "validation_loss_start": start,
                           "validation_loss_end": end, "run_dir": "runs/x"})
     assert len(line) < 400 and "mean over 1000 tasks 9.00→5.00" in line and "task0007 9.00→9.50" in line
-    few = _summary_line({"steps": 10, "tokens": 1000, "seconds": 3.0, "validation_loss_start": {"a": 2.0},
+    few = _summary_line({"steps": 10, "tokens": 1000, "seconds": 3.0, "data_share": 0.01, "validation_loss_start": {"a": 2.0},
                          "validation_loss_end": {"a": 1.0}, "run_dir": "runs/x"})
     assert "a 2.00→1.00" in few

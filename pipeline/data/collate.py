@@ -9,13 +9,16 @@ are the labels shifted right behind the decoder start token (pad, id 0, for T5).
 orders a window of examples (a rank's share of a global batch) into micro-batches of similar length:
 deterministic, and the set of examples per optimizer step is unchanged.
 
-**Packing** (`PackingCollator`, `data.packing=true`) puts several examples in one row, first-fit decreasing:
-examples sorted longest first, each placed in the first row where both its input fits in
-`input_row_length` encoder tokens and its target in `target_row_length` decoder tokens (defaults:
-`max_input_length` and `max_target_length`, the 4:1 shape FLAN's T5X packing used). Each row carries
-segment ids (1, 2, ... per example, 0 on padding) for both sides, and decoder inputs restart at every
-segment with the start token, so a segment's decoder inputs are exactly its unpacked ones. The forward pass
-that keeps packed examples apart is `pipeline.forward`.
+**Packing** (`PackingCollator`, `data.packing=true`) puts several examples in one row. The row widths come
+from the batch itself (`plan_rows`): for a few row counts, from the fewest that the caps allow
+(`input_row_length` / `target_row_length`: `data.packed_input_length` / `data.packed_target_length`), the
+examples are spread over the rows so that both sides' loads are even (longest first, each into the row it
+fills least), each side's width is its fullest row, and the plan with the fewest padded tokens wins. A fixed
+4:1 row shape (FLAN's T5X packing) runs out on one side first whenever the batch's own ratio differs: on the
+default mixture it filled 66-68% of the tokens. Each row carries segment ids (1, 2, ... per example, 0 on
+padding) for both sides, and decoder inputs restart at every segment with the start token, so a segment's
+decoder inputs are exactly its unpacked ones. The forward pass that keeps packed examples apart is
+`pipeline.forward`.
 
 Costs of packing: attention is computed densely over each packed row and the masked blocks are wasted, so
 attention FLOPs grow with row length (rows × L² instead of examples × l²); the feed-forward and projections,
@@ -100,18 +103,23 @@ def example_lengths(features: Sequence[Mapping[str, Any]]) -> list[tuple[int, in
     return [(len(f["input_ids"]), len(f["labels"])) for f in features]
 
 
-def pack_rows(lengths: Sequence[tuple[int, int]], input_row_length: int, target_row_length: int
-              ) -> list[list[int]]:
-    """First-fit decreasing: example positions per row, each row holding at most `input_row_length` input
-    tokens and `target_row_length` target tokens. Deterministic (ties keep their order)."""
-    rows: list[list[int]] = []
-    room: list[list[int]] = []  # [input tokens left, target tokens left] per row
-    for i in sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True):
-        n_in, n_out = lengths[i]
+def _check_fits(lengths: Sequence[tuple[int, int]], input_row_length: int, target_row_length: int) -> None:
+    for n_in, n_out in lengths:
         if n_in > input_row_length or n_out > target_row_length:
             raise ValueError(f"an example of {n_in} input / {n_out} target tokens does not fit a packed row of "
                              f"{input_row_length} / {target_row_length}; the row lengths must be at least "
                              "data.max_input_length / data.max_target_length")
+
+
+def pack_rows(lengths: Sequence[tuple[int, int]], input_row_length: int, target_row_length: int
+              ) -> list[list[int]]:
+    """First-fit decreasing: example positions per row, each row holding at most `input_row_length` input
+    tokens and `target_row_length` target tokens. Deterministic (ties keep their order)."""
+    _check_fits(lengths, input_row_length, target_row_length)
+    rows: list[list[int]] = []
+    room: list[list[int]] = []  # [input tokens left, target tokens left] per row
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True):
+        n_in, n_out = lengths[i]
         for row, left in zip(rows, room, strict=True):
             if n_in <= left[0] and n_out <= left[1]:
                 row.append(i)
@@ -122,6 +130,73 @@ def pack_rows(lengths: Sequence[tuple[int, int]], input_row_length: int, target_
             rows.append([i])
             room.append([input_row_length - n_in, target_row_length - n_out])
     return rows
+
+
+def spread_rows(lengths: Sequence[tuple[int, int]], count: int, input_row_length: int, target_row_length: int
+                ) -> list[list[int]] | None:
+    """Example positions over exactly `count` rows with even loads on both sides: longest first (by its share
+    of each side's total), each into the row whose fuller side ends up least full relative to the even load;
+    None when some example fits no row under the caps. Deterministic (ties go to the first row)."""
+    total_in = sum(n for n, _ in lengths) or 1
+    total_out = sum(n for _, n in lengths) or 1
+    even_in, even_out = total_in / count, total_out / count
+    rows: list[list[int]] = [[] for _ in range(count)]
+    loads = [[0, 0] for _ in range(count)]
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i][0] / even_in + lengths[i][1] / even_out,
+                    reverse=True):
+        n_in, n_out = lengths[i]
+        best, best_fill = -1, math.inf
+        for r, (load_in, load_out) in enumerate(loads):
+            if load_in + n_in > input_row_length or load_out + n_out > target_row_length:
+                continue
+            fill = max((load_in + n_in) / even_in, (load_out + n_out) / even_out)
+            if fill < best_fill:
+                best, best_fill = r, fill
+        if best < 0:
+            return None
+        rows[best].append(i)
+        loads[best][0] += n_in
+        loads[best][1] += n_out
+    return [row for row in rows if row]
+
+
+def padded_area(lengths: Sequence[tuple[int, int]], rows: Sequence[Sequence[int]], multiple: int | None = None
+                ) -> int:
+    """Encoder plus decoder positions of the packed batch `rows` makes (each side as wide as its fullest row)."""
+    width_in = round_up(max(sum(lengths[i][0] for i in row) for row in rows), multiple)
+    width_out = round_up(max(sum(lengths[i][1] for i in row) for row in rows), multiple)
+    return len(rows) * (width_in + width_out)
+
+
+PLANNED_ROW_COUNTS = 2
+"""Row counts `plan_rows` tries, from the fewest the caps allow: more rows are narrower (attention costs grow
+with the square of the width), and beyond a few the padded area only grows."""
+
+
+def plan_rows(lengths: Sequence[tuple[int, int]], input_row_length: int, target_row_length: int,
+              multiple: int | None = None) -> list[list[int]]:
+    """Example positions per packed row, with the fewest padded positions among `spread_rows` over a few row
+    counts and first-fit decreasing under the caps (the fallback, always feasible). Rows never exceed
+    `input_row_length` / `target_row_length`. A pure function of the lengths."""
+    if not lengths:
+        return []
+    _check_fits(lengths, input_row_length, target_row_length)
+    candidates = [pack_rows(lengths, input_row_length, target_row_length)]
+    fewest = max(math.ceil(sum(n for n, _ in lengths) / input_row_length),
+                 math.ceil(sum(n for _, n in lengths) / target_row_length), 1)
+    for count in range(fewest, min(fewest + PLANNED_ROW_COUNTS, len(lengths) + 1)):
+        rows = spread_rows(lengths, count, input_row_length, target_row_length)
+        if rows is not None:
+            candidates.append(rows)
+    # min() keeps the first of equal areas: first-fit decreasing, then fewer rows.
+    return min(candidates, key=lambda rows: padded_area(lengths, rows, multiple))
+
+
+PACKED_FIELDS: dict[str, tuple[str, int | None]] = {
+    "input_ids": ("encoder", None), "encoder_segment_ids": ("encoder", 0), "decoder_input_ids": ("decoder", None),
+    "labels": ("decoder", LABEL_PAD), "decoder_segment_ids": ("decoder", 0), "target_example_ids": ("decoder", -1),
+}
+"""A packed batch's tensors: the side each spans and its padding value (None: the pad token)."""
 
 
 @dataclass
@@ -138,35 +213,30 @@ class PackingCollator:
     pad_to_multiple_of: int | None = None
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        rows = pack_rows(example_lengths(features), self.input_row_length, self.target_row_length)
-        input_width = round_up(max(sum(len(features[i]["input_ids"]) for i in row) for row in rows),
-                               self.pad_to_multiple_of)
-        target_width = round_up(max(sum(len(features[i]["labels"]) for i in row) for row in rows),
-                                self.pad_to_multiple_of)
-        shape_in, shape_out = (len(rows), input_width), (len(rows), target_width)
-        input_ids = torch.full(shape_in, self.pad_token_id, dtype=torch.long)
-        encoder_segment_ids = torch.zeros(shape_in, dtype=torch.long)
-        decoder_input_ids = torch.full(shape_out, self.pad_token_id, dtype=torch.long)
-        labels = torch.full(shape_out, LABEL_PAD, dtype=torch.long)
-        decoder_segment_ids = torch.zeros(shape_out, dtype=torch.long)
-        target_example_ids = torch.full(shape_out, -1, dtype=torch.long)
-        for r, row in enumerate(rows):
-            at_in = at_out = 0
+        rows = plan_rows(example_lengths(features), self.input_row_length, self.target_row_length,
+                         self.pad_to_multiple_of)
+        columns: dict[str, list[list[int]]] = {name: [] for name in PACKED_FIELDS}
+        for row in rows:
+            values: dict[str, list[int]] = {name: [] for name in PACKED_FIELDS}
             for segment, i in enumerate(sorted(row), start=1):
                 source, target = features[i]["input_ids"], features[i]["labels"]
-                end_in, end_out = at_in + len(source), at_out + len(target)
-                input_ids[r, at_in:end_in] = torch.as_tensor(source)
-                encoder_segment_ids[r, at_in:end_in] = segment
-                labels[r, at_out:end_out] = torch.as_tensor(target)
-                decoder_input_ids[r, at_out:end_out] = torch.as_tensor(
-                    decoder_inputs(target, self.decoder_start_token_id))
-                decoder_segment_ids[r, at_out:end_out] = segment
-                target_example_ids[r, at_out:end_out] = i
-                at_in, at_out = end_in, end_out
-        return {"input_ids": input_ids, "encoder_segment_ids": encoder_segment_ids,
-                "decoder_input_ids": decoder_input_ids, "labels": labels,
-                "decoder_segment_ids": decoder_segment_ids, "target_example_ids": target_example_ids,
-                "task": [f.get("task", "") for f in features]}
+                values["input_ids"] += source
+                values["encoder_segment_ids"] += [segment] * len(source)
+                values["labels"] += target
+                values["decoder_input_ids"] += decoder_inputs(target, self.decoder_start_token_id)
+                values["decoder_segment_ids"] += [segment] * len(target)
+                values["target_example_ids"] += [i] * len(target)
+            for name, column in columns.items():
+                column.append(values[name])
+        widths = {side: round_up(max(map(len, columns[name])), self.pad_to_multiple_of)
+                  for name, (side, _) in PACKED_FIELDS.items()}
+        tensors = {}
+        for name, (side, fill) in PACKED_FIELDS.items():
+            fill = self.pad_token_id if fill is None else fill
+            # One tensor from padded lists: faster than filling a tensor slice by slice.
+            tensors[name] = torch.tensor([row + [fill] * (widths[side] - len(row)) for row in columns[name]],
+                                         dtype=torch.long)
+        return {**tensors, "task": [f.get("task", "") for f in features]}
 
 
 def make_collator(data: DataConfig, tokenizer: PreTrainedTokenizerBase, decoder_start_token_id: int
@@ -174,8 +244,7 @@ def make_collator(data: DataConfig, tokenizer: PreTrainedTokenizerBase, decoder_
     """The collator `data.packing` asks for, sized from the data config."""
     multiple = data.pad_to_multiple_of or None
     if data.packing:
-        return PackingCollator(data.max_input_length, data.max_target_length, tokenizer.pad_token_id,
-                               decoder_start_token_id, multiple)
+        return PackingCollator(*data.packed_row_lengths(), tokenizer.pad_token_id, decoder_start_token_id, multiple)
     return PaddingCollator(tokenizer, multiple, decoder_start_token_id)
 
 

@@ -26,6 +26,11 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_l
                  ) -> tuple[list[list[int]], list[bool]]:
     """Token ids of each text ending with eos, at most `max_length` long (eos included), and whether each was
     truncated. Shared by training and evaluation so a prompt is encoded the same way in both."""
+    return _ending_with_eos(tokenizer, tokenizer(list(texts), add_special_tokens=False)["input_ids"], max_length)
+
+
+def _ending_with_eos(tokenizer: PreTrainedTokenizerBase, token_lists: Sequence[list[int]], max_length: int
+                     ) -> tuple[list[list[int]], list[bool]]:
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos token; T5-style training needs one to end inputs and targets")
@@ -33,7 +38,7 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_l
         raise ValueError(f"max_length must be >= 1, got {max_length}")
     keep_end = getattr(tokenizer, "truncation_side", "right") == "left"
     ids, truncated = [], []
-    for tokens in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+    for tokens in token_lists:
         cut = len(tokens) + 1 > max_length
         if cut:
             room = max_length - 1
@@ -46,9 +51,11 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_l
 def tokenize_batch(tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], targets: Sequence[str],
                    max_input_length: int, max_target_length: int) -> dict[str, list]:
     """Columns `input_ids`, `labels` (unpadded, each ending with eos), `input_truncated`, `target_truncated`;
-    usable as the function of `datasets.map(batched=True)`."""
-    input_ids, input_truncated = encode_texts(tokenizer, inputs, max_input_length)
-    labels, target_truncated = encode_texts(tokenizer, targets, max_target_length)
+    usable as the function of `datasets.map(batched=True)`. Inputs and targets go to the tokenizer in one call
+    (each is encoded exactly as `encode_texts` encodes it)."""
+    token_lists = tokenizer([*inputs, *targets], add_special_tokens=False)["input_ids"]
+    input_ids, input_truncated = _ending_with_eos(tokenizer, token_lists[:len(inputs)], max_input_length)
+    labels, target_truncated = _ending_with_eos(tokenizer, token_lists[len(inputs):], max_target_length)
     return {"input_ids": input_ids, "labels": labels,
             "input_truncated": input_truncated, "target_truncated": target_truncated}
 
@@ -70,6 +77,10 @@ class TruncationStats:
     def __add__(self, other: TruncationStats) -> TruncationStats:
         return TruncationStats(self.examples + other.examples, self.inputs_truncated + other.inputs_truncated,
                                self.targets_truncated + other.targets_truncated)
+
+    def __sub__(self, other: TruncationStats) -> TruncationStats:
+        return TruncationStats(self.examples - other.examples, self.inputs_truncated - other.inputs_truncated,
+                               self.targets_truncated - other.targets_truncated)
 
     def message(self, what: str = "examples") -> str:
         def share(count: int) -> str:

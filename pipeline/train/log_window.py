@@ -18,9 +18,16 @@ from pipeline.mixing.sampler import MixtureSampler
 
 
 class LogWindow:
-    """Per-task loss sums and counts since the last log line, reduced over processes when flushed."""
+    """Per-task loss sums and counts since the last log line, reduced over processes when flushed; and the
+    share of step time spent on the data path (drawing, rendering, tokenizing, collating), per window and over
+    the session (evaluations and checkpoints between steps are not step time)."""
 
     def __init__(self) -> None:
+        self.session_seconds = [0.0, 0.0]  # data path, whole steps
+        self._reset()
+
+    def _reset(self) -> None:
+        self.step_seconds = [0.0, 0.0]
         self.sums: dict[str, float] = defaultdict(float)
         self.tokens: dict[str, int] = defaultdict(int)
         self.examples: dict[str, int] = defaultdict(int)
@@ -43,6 +50,17 @@ class LogWindow:
         self.real_tokens += int(micro_batch["real_tokens"])
         self.all_tokens += int(micro_batch["all_tokens"])
 
+    def time_step(self, data_seconds: float, step_seconds: float) -> None:
+        """One step's wall time and the part of it the data path took."""
+        self.step_seconds[0] += data_seconds
+        self.step_seconds[1] += step_seconds
+
+    def session_data_share(self, accelerator: Accelerator) -> float:
+        """Share of this session's step time spent on the data path, over all processes (collective)."""
+        seconds = [a + b for a, b in zip(self.session_seconds, self.step_seconds, strict=True)]
+        data, steps = accelerator.reduce(torch.tensor(seconds, dtype=torch.float64), "sum").tolist()
+        return data / max(1e-9, steps)
+
     def last_step_loss(self, accelerator: Accelerator) -> float:
         totals = accelerator.reduce(torch.tensor([self._step_sum, float(self._step_tokens)]), "sum")
         self._step_sum, self._step_tokens = 0.0, 0
@@ -59,22 +77,25 @@ class LogWindow:
         names = sorted(set(names))
         local = torch.tensor(
             [[self.sums.get(n, 0.0), self.tokens.get(n, 0), self.examples.get(n, 0)] for n in names]
-            + [[float(self.real_tokens), float(self.all_tokens), 0.0]],
+            + [[float(self.real_tokens), float(self.all_tokens), 0.0], [*self.step_seconds, 0.0]],
             dtype=torch.float64,
         )
         totals = accelerator.reduce(local, "sum")
         values: dict[str, float] = {}
         loss_sum = token_count = 0.0
-        for name, (task_sum, task_tokens, task_examples) in zip(names, totals[:-1].tolist(), strict=True):
+        for name, (task_sum, task_tokens, task_examples) in zip(names, totals[:-2].tolist(), strict=True):
             values[f"train/loss/{name}"] = task_sum / max(1.0, task_tokens)
             values[f"train/examples/{name}"] = task_examples
             loss_sum, token_count = loss_sum + task_sum, token_count + task_tokens
-        real, padded, _ = totals[-1].tolist()
+        real, padded, _ = totals[-2].tolist()
+        data_seconds, step_seconds, _ = totals[-1].tolist()
         elapsed = time.perf_counter() - self.started
         values["train/loss"] = loss_sum / max(1.0, token_count)
         values["train/padding_efficiency"] = real / max(1.0, padded)
         values["train/tokens_per_second"] = real / max(1e-9, elapsed)
-        self.__init__()
+        values["train/data_share"] = data_seconds / max(1e-9, step_seconds)
+        self.session_seconds = [a + b for a, b in zip(self.session_seconds, self.step_seconds, strict=True)]
+        self._reset()
         return values
 
 

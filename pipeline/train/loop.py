@@ -40,7 +40,7 @@ from pipeline.mixing.tree import RegistryStats, load_mixture
 from pipeline.modeling import load_model, weights_fingerprint
 from pipeline.tasks.task import load_tasks
 from pipeline.tracking import log_samples
-from pipeline.train.feed import TrainingFeed
+from pipeline.train.feed import StepSource, TrainingFeed
 from pipeline.train.log_window import LogWindow, log_step
 from pipeline.train.loss import loss_weights
 from pipeline.train.runtime import StopSignal, finish, make_accelerator, make_optimizer
@@ -88,7 +88,7 @@ def train(cfg: Config) -> dict[str, Any]:
     model = Seq2SeqLogits(model)  # packed batches need the whole forward inside the DDP/FSDP wrapper
     if cfg.train.compile:
         model = torch.compile(model)
-    optimizer, scheduler = make_optimizer(cfg.train, model)
+    optimizer, scheduler = make_optimizer(cfg.train, model, accelerator.device)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)  # FSDP swaps in its parameters
 
     state, changed = TrainState(), []
@@ -101,7 +101,6 @@ def train(cfg: Config) -> dict[str, Any]:
     if changed:
         accelerator.log({"resume/changed": ", ".join(changed)}, step=state.step)
     stop = StopSignal(accelerator)
-    window = LogWindow()
     if state.step == 0:
         accelerator.log({f"mixture/target/{task}": share for task, share in mixture.shares.items()}, step=0)
         base = evaluator.cached_scores(accelerator, model, weights_fingerprint(inner_model(model)))
@@ -111,16 +110,19 @@ def train(cfg: Config) -> dict[str, Any]:
                                                 losses={task: result["loss"] for task, result in base.items()})
 
     # --- the loop ------------------------------------------------------------------------------------------
+    window = LogWindow()
     started = time.perf_counter() - state.elapsed_seconds
     stopped = False
-    with _progress(accelerator, cfg.train, state.step) as progress:  # closed (a clean line) even on errors
+    steps = StepSource(feed, sampler, cfg.train.batch_size, accelerator.process_index, accelerator.num_processes,
+                       cfg.train.gradient_accumulation_steps, prefetch=cfg.data.prefetch)
+    # both closed even on errors: the bar with a clean line, the prefetch thread stopped
+    with _progress(accelerator, cfg.train, state.step) as progress, steps:
         while state.step < cfg.train.max_steps and not (stopped := stop.requested()):
-            draws = sampler.next_batch(cfg.train.batch_size)
-            micro_batches = feed.micro_batches(
-                draws.for_rank(accelerator.process_index, accelerator.num_processes),
-                cfg.train.gradient_accumulation_steps,
-            )
+            step_started = time.perf_counter()
+            draws, micro_batches = steps.next()
+            data_seconds = time.perf_counter() - step_started  # the data path: draw, render, tokenize, collate
             loss = train_step(accelerator, model, optimizer, scheduler, micro_batches, cfg.train, window)
+            window.time_step(data_seconds, time.perf_counter() - step_started)
             if not math.isfinite(loss):
                 raise UserError(
                     f"step {state.step + 1}: the loss is {loss}; stopping with the last good checkpoint kept "
@@ -134,8 +136,7 @@ def train(cfg: Config) -> dict[str, Any]:
             progress.set_postfix(loss=f"{loss:.3f}")
 
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
-                log_step(accelerator, state.step, state.tokens_seen, window, sampler, scheduler,
-                         feed.batcher.truncation)
+                log_step(accelerator, state.step, state.tokens_seen, window, sampler, scheduler, steps.truncation)
             if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step < cfg.train.max_steps:
                 log_validation(accelerator, evaluator, model, state.step)
             if cfg.train.save_every and state.step % cfg.train.save_every == 0:
@@ -157,7 +158,7 @@ def train(cfg: Config) -> dict[str, Any]:
     if not (cfg.train.save_every and state.step % cfg.train.save_every == 0):  # else the loop just saved it
         save(accelerator, run_dir, cfg, state, sampler)
     save_final_model(accelerator, model, tokenizer, run_dir)
-    summary = _summary(state, final_validation, run_dir)
+    summary = _summary(state, final_validation, run_dir, window.session_data_share(accelerator))
     accelerator.log({"summary/" + k: v for k, v in summary.items() if isinstance(v, int | float)}, step=state.step)
     del model, optimizer, scheduler  # before the process group goes: see `finish`
     finish(accelerator)
@@ -265,12 +266,14 @@ def _progress(accelerator: Accelerator, train: TrainConfig, start: int) -> tqdm:
                 disable=not accelerator.is_local_main_process, dynamic_ncols=True)
 
 
-def _summary(state: TrainState, final_validation: dict[str, float], run_dir: Path) -> dict[str, Any]:
+def _summary(state: TrainState, final_validation: dict[str, float], run_dir: Path, data_share: float
+             ) -> dict[str, Any]:
     return {
         "steps": state.step,
         "examples": state.examples_seen,
         "tokens": state.tokens_seen,
         "seconds": round(state.elapsed_seconds, 1),
+        "data_share": round(data_share, 4),
         "validation_loss_start": state.first_validation,
         "validation_loss_end": final_validation,
         "run_dir": str(run_dir),
@@ -293,5 +296,6 @@ def _summary_line(summary: dict[str, Any]) -> str:
         losses = (f"mean over {len(end)} tasks {mean_start:.2f}→{sum(end.values()) / len(end):.2f}; least improved "
                   + ", ".join(f"{task} {start[task]:.2f}→{end[task]:.2f}" for task in least)
                   + f" (every task in {summary['run_dir']}/eval/validation.json)")
-    return (f"done: {summary['steps']} steps, {summary['tokens']:,} tokens, {summary['seconds']:.0f} s; "
+    return (f"done: {summary['steps']} steps, {summary['tokens']:,} tokens, {summary['seconds']:.0f} s "
+            f"(data path {summary['data_share']:.1%} of step time); "
             f"validation loss {losses}; final model in {summary['run_dir']}/final")

@@ -132,15 +132,18 @@ def check_sharding(accelerator: Accelerator) -> None:
                         "fsdp_version: 2")
 
 
-def make_optimizer(train: TrainConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-    """The optimizer over the trainable parameters and its learning-rate schedule."""
+def make_optimizer(train: TrainConfig, model: torch.nn.Module, device: torch.device | str = "cpu"
+                   ) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimizer over the trainable parameters and its learning-rate schedule; `device` is where training
+    runs (for `train.adamw_kernel=auto`)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if train.optimizer == "adafactor":
         # FLAN's setting: a fixed learning rate, no relative step or warmup-init inside Adafactor itself.
         optimizer = Adafactor(params, lr=train.lr, relative_step=False, scale_parameter=False,
                               warmup_init=False)
     else:
-        optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+        fused = train.adamw_kernel == "fused" or (train.adamw_kernel == "auto" and torch.device(device).type == "cuda")
+        optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay, fused=fused or None)
     name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[train.schedule]
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=train.warmup_steps,
                               num_training_steps=train.max_steps)
