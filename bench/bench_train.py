@@ -28,6 +28,9 @@ The sides:
                      backward of the token-sum loss over the global token count, clipping, optimizer and
                      scheduler steps, per-task loss bookkeeping; and the same with `data.packing=true`.
                      Evaluation, checkpoints, trackers and the progress bar of `train()` are left out.
+  flanpipe grouped   flanpipe padded with `data.length_window` covering all the batches (the Trainer's
+                     window of 50 batches covers them too): the examples regrouped by length
+                     (`pipeline.train.feed.regroup_by_length`); its losses are not compared either.
 
 MFU: model FLOPs per second (`shapes.training_flops`: 6 FLOPs per weight per real token plus each example's
 attention over its own tokens) over this machine's fp32 peak, the fastest `torch.matmul` of two 2048 x 2048
@@ -44,7 +47,8 @@ Each round runs every side once over all batches (the order of the sides rotates
 that load from other processes hits them alike); the first `--warmup` steps of each run are not timed. The
 time of a step runs from the end of the previous step to the end of this one, so it includes collation.
 Tokens are real (non-padding) encoder + decoder tokens; every side trains on the same examples, so the
-tokens/s ratio equals the steps/s ratio. Reported: the median over rounds (and the range), the ratios of the
+tokens/s ratio equals the steps/s ratio (the grouped sides' untimed warmup steps hold other examples than the
+others', so theirs is close, not exact). Reported: the median over rounds (and the range), the ratios of the
 medians, and the largest per-step loss difference between the sides (the same data, weights and optimizer
 give the same losses up to float summation order; packing changes only which pad positions are computed).
 On a shared machine timings can jump for tens of seconds: compare the range with the median, or raise
@@ -58,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import platform
 import shlex
@@ -67,6 +72,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -78,7 +84,7 @@ from pipeline.mixing.sampler import MixtureSampler
 from pipeline.mixing.tree import RegistryStats, load_mixture
 from pipeline.modeling import load_model
 from pipeline.tasks.task import load_tasks
-from pipeline.train.feed import TrainingFeed
+from pipeline.train.feed import TrainingFeed, regroup_by_length
 from pipeline.train.log_window import LogWindow
 from pipeline.train.loop import train_step
 from pipeline.train.runtime import make_optimizer
@@ -98,12 +104,16 @@ class Side:
     grouped_or_packed: bool
     """The Trainer's `group_by_length`, or flanpipe's `data.packing`."""
     compiled: bool = False
+    window: bool = False
+    """flanpipe padded with `data.length_window` spanning all the batches (as the Trainer's 50-batch window does
+    here): the batches regrouped by length (`regroup_by_length`)."""
 
 
 BASE_SIDES = (Side("Seq2SeqTrainer", True, False), Side("Trainer grouped", True, True),
-              Side("flanpipe padded", False, False), Side("flanpipe packed", False, True))
+              Side("flanpipe padded", False, False), Side("flanpipe packed", False, True),
+              Side("flanpipe grouped", False, False, window=True))
 SIDES = {side.name: side for base in BASE_SIDES
-         for side in (base, Side(base.name + " +compile", base.trainer, base.grouped_or_packed, True))}
+         for side in (base, dataclasses.replace(base, name=base.name + " +compile", compiled=True))}
 
 
 @dataclass
@@ -138,7 +148,7 @@ def bench_config(side: Side, batch_size: int, steps: int, setup: Setup, run_dir:
         f"train.max_steps={steps}", f"train.compile={side.compiled}",
         "train.optimizer=adamw", "train.lr=1e-3", "train.weight_decay=0.0", "train.schedule=constant",
         "train.warmup_steps=0", "train.max_grad_norm=1.0",
-        f"train.mixed_precision={'bf16' if setup.precision == 'bf16' else 'no'}",
+        "train.mixed_precision=" + ("bf16" if setup.precision == "bf16" else "'no'"),  # quoted: YAML reads no as false
         "train.gradient_accumulation_steps=1", "train.loss_per=token",  # the Trainer's loss (the preset's is task)
         f"run.dir={run_dir}",
     ])
@@ -219,6 +229,8 @@ def run_flanpipe(initial: torch.nn.Module, tokenizer, batches: list[list[dict]],
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     window = LogWindow()
     run = Run()
+    if side.window:
+        batches = regroup_by_length([f for batch in batches for f in batch], len(batches[0]), (cfg.run.seed, 0))
     for features in batches:
         # One process, no accumulation: the global batch is the one micro-batch (TrainingFeed.micro_batches).
         micro_batches = [batcher.collate(features)]
@@ -327,6 +339,8 @@ def main() -> None:
                       (False, True): padding_efficiency(Batcher(tokenizer, packed, start_token), batches),
                       (True, True): grouped_efficiency(batches)}
         efficiency[(True, False)] = efficiency[(False, False)]  # the same padding of the same batches
+        regrouped = regroup_by_length([f for batch in batches for f in batch], args.batch_size, (cfg.run.seed, 0))
+        efficiency["window"] = padding_efficiency(Batcher(tokenizer, cfg.data, start_token), regrouped)
         print(f"{initial.config.name_or_path}: {sum(p.numel() for p in initial.parameters()):,} parameters; "
               f"{total} batches of {args.batch_size} from mixture {cfg.data.mixture!r} "
               f"({args.warmup} warmup + {args.steps} timed steps, {real_tokens:,} real tokens timed, "
@@ -345,7 +359,7 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, sides: list[Side], runs: dict[Side, list[Run]], real_tokens: int,
-           flops: float, peak: float, efficiency: dict[tuple[bool, bool], float]) -> None:
+           flops: float, peak: float, efficiency: dict[Any, float]) -> None:
     steps_per_second = {side: [args.steps / r.seconds(args.warmup) for r in runs[side]] for side in sides}
     median = {side: statistics.median(values) for side, values in steps_per_second.items()}
     datasheet = args.peak_tflops * 1e12 if args.peak_tflops else None
@@ -357,7 +371,7 @@ def report(args: argparse.Namespace, sides: list[Side], runs: dict[Side, list[Ru
         achieved = median[side] * flops / args.steps
         print(f"{side.name:27}{median[side]:9.2f}{f'{low:.2f} - {high:.2f}':>20}"
               f"{median[side] * real_tokens / args.steps:15,.0f}"
-              f"{efficiency[(side.trainer, side.grouped_or_packed)]:14.1%}{achieved / 1e12:9.4f}{achieved / peak:7.1%}"
+              f"{efficiency['window' if side.window else (side.trainer, side.grouped_or_packed)]:14.1%}{achieved / 1e12:9.4f}{achieved / peak:7.1%}"
               + (f"{achieved / datasheet:17.1%}" if datasheet else "")
               + (f"{max(r.peak_bytes for r in runs[side]) / 2**30:10.2f} GiB" if args.device == "cuda" else ""))
     print()
@@ -371,7 +385,7 @@ def report(args: argparse.Namespace, sides: list[Side], runs: dict[Side, list[Ru
     reference = runs[reference_side][0].losses
     print(f"\nper-step training loss over {len(reference)} steps (first round; step 1 {reference[0]:.4f}, "
           f"step {len(reference)} {reference[-1]:.4f} for {reference_side.name}):")
-    for side in (side for side in sides if not side.trainer):
+    for side in (side for side in sides if not side.trainer and not side.window):
         losses = runs[side][0].losses
         diff = max(abs(a - b) for a, b in zip(reference, losses, strict=True))
         print(f"  max |{side.name} - {reference_side.name}| = {diff:.2e}   (last step {losses[-1]:.4f})")

@@ -1,8 +1,9 @@
 """Checkpoints: atomic, verified `step-N` folders under `<run>/checkpoints/`; resume takes the newest that verifies.
 
 A checkpoint is `accelerator.save_state` (model weights, optimizer, scheduler, every process's RNG states) plus
-JSON files of ours: `train_state.json` (step, tokens seen, ...), `sampler.json` (the mixture sampler's position)
-and `config.json` (the resolved config). Everything is written into `.tmp-step-N`; `manifest.json`, the size and
+JSON files of ours: `train_state.json` (step, tokens seen, ...), `sampler.json` (the mixture sampler's position),
+`steps.json` (the sampler's position at the start of a length window, when saved inside one) and `config.json`
+(the resolved config). Everything is written into `.tmp-step-N`; `manifest.json`, the size and
 sha256 of every other file, is written last, and only then is the folder renamed to `step-N`. So a run killed
 mid-save leaves no half checkpoint behind (a leftover `.tmp-*` folder is ignored and cleaned up by the next save),
 and a checkpoint damaged later (a truncated or edited file, flipped bytes) fails verification: resume reports it,
@@ -26,7 +27,9 @@ from pipeline.errors import UserError
 from pipeline.files import MANIFEST, replace_folder, verify_manifest, write_manifest
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-JSON_FILES = ("train_state", "sampler", "config")
+JSON_FILES = ("train_state", "sampler", "steps", "config")
+OPTIONAL_JSON_FILES = ("steps",)
+"""Absent from checkpoints written before they existed; read as {}."""
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -152,4 +155,5 @@ def _abandon(accelerator: Any, staging: Path, final: Path, failure: str) -> None
 
 
 def read_records(checkpoint: Path) -> dict[str, Any]:
-    return {name: json.loads((checkpoint / f"{name}.json").read_text()) for name in JSON_FILES}
+    return {name: json.loads((checkpoint / f"{name}.json").read_text()) for name in JSON_FILES
+            if name not in OPTIONAL_JSON_FILES or (checkpoint / f"{name}.json").exists()}

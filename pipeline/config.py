@@ -128,6 +128,11 @@ class DataConfig:
     model runs (a GPU)."""
     group_by_length: bool = False
     """Order each rank's micro-batches by length to cut padding (deterministic)."""
+    length_window: int = 1
+    """Group the examples of this many consecutive global batches by length, so that each batch pads less
+    (the Trainer's `group_by_length` groups 50); each step then trains on other examples than the mixture drew
+    for it, the same ones over the window. 1 = every global batch as drawn. For padded batches: packing
+    (`data.packing`) pads less still and keeps every batch a sample of the mixture."""
     homogeneous_batches: bool = False
     """Draw every global batch from a single task instead of mixing tasks within a batch."""
     max_bad_row_fraction: float = 0.01
@@ -147,6 +152,7 @@ class DataConfig:
         if not 0 <= self.max_unk_rate <= 1:
             raise UserError(f"data.max_unk_rate must be between 0 and 1, got {self.max_unk_rate}")
         check_at_least("data", "pad_to_multiple_of", self.pad_to_multiple_of, 0)
+        check_at_least("data", "length_window", self.length_window, 1)
         check_at_least("data", "packed_input_length", self.packed_input_length, 0)
         check_at_least("data", "packed_target_length", self.packed_target_length, 0)
         if (0 < self.packed_input_length < self.max_input_length

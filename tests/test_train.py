@@ -50,13 +50,9 @@ def test_run_outputs_trackers_and_final_model(reference):
     assert output.shape[0] == 1 and output.shape[1] > 1
 
 
-@pytest.mark.parametrize("prefetch", [False, True])
-def test_sigkill_at_a_random_step_then_resume_gives_identical_losses(world, reference, tmp_path, prefetch):
-    """With `data.prefetch` the next batch is prepared ahead in a thread: nothing may change."""
-    expected = losses(reference[0])
-    run_dir = tmp_path / "killed"
-    kill_after = random.Random().randint(4, 10)
-    process = launch(settings(world, run_dir, f"data.prefetch={prefetch}"), wait=False)
+def kill_and_resume(world, run_dir, kill_after: int, *extra: str) -> None:
+    """Start a run, SIGKILL it once it has logged step `kill_after`, and resume it to the end."""
+    process = launch(settings(world, run_dir, *extra), wait=False)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
         if (run_dir / "metrics.jsonl").exists() and max(losses(run_dir), default=0) >= kill_after:
@@ -65,10 +61,32 @@ def test_sigkill_at_a_random_step_then_resume_gives_identical_losses(world, refe
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert max(losses(run_dir)) < 12, "the run finished before it could be killed"
-    resumed = launch(settings(world, run_dir, f"data.prefetch={prefetch}"))
+    resumed = launch(settings(world, run_dir, *extra))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resumed from" in resumed.stdout + resumed.stderr
-    assert losses(run_dir) == expected  # bitwise: same data order, same weights, same RNG
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_sigkill_at_a_random_step_then_resume_gives_identical_losses(world, reference, tmp_path, prefetch):
+    """With `data.prefetch` the next batch is prepared ahead in a thread: nothing may change."""
+    kill_and_resume(world, tmp_path / "killed", random.Random().randint(4, 10), f"data.prefetch={prefetch}")
+    assert losses(tmp_path / "killed") == losses(reference[0])  # bitwise: same data order, same weights, same RNG
+
+
+def test_length_windows_resume_exactly_inside_a_window_and_match_two_processes(world, reference, tmp_path):
+    """`data.length_window=4`: checkpoints every 3 steps fall inside windows (steps 3, 6, 9); the resumed run,
+    prefetching too, must draw its window again and continue bitwise; 2 processes train like 1."""
+    window = ("data.length_window=4",)
+    whole = launch(settings(world, tmp_path / "whole", *window))
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    expected = losses(tmp_path / "whole")
+    assert expected != losses(reference[0])  # the batches were regrouped
+    kill_and_resume(world, tmp_path / "killed", random.Random().randint(4, 10), *window, "data.prefetch=true")
+    assert losses(tmp_path / "killed") == expected
+    two = launch(settings(world, tmp_path / "two", *window), nproc=2)
+    assert two.returncode == 0, two.stdout + two.stderr
+    for step, loss in losses(tmp_path / "two").items():
+        assert loss == pytest.approx(expected[step], rel=1e-4), step
 
 
 def test_two_processes_match_one(world, reference, tmp_path):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from pipeline.data.collate import count_tokens, make_collator
-from pipeline.data.tokenize import TruncationStats, encode_texts, tokenize_batch
+from pipeline.data.tokenize import encode_texts, tokenize_batch
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -31,20 +31,21 @@ class Example(Protocol):
 
 class Batcher:
     """Rendered examples -> tokenized, collated tensors (padded or packed, as `data.packing` says), with
-    `real_tokens` / `all_tokens` for padding efficiency and a running count of truncated examples."""
+    `real_tokens` / `all_tokens` for padding efficiency; tokenized rows say whether each side was truncated."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, data: DataConfig, decoder_start_token_id: int):
         self.tokenizer = tokenizer
         self.data = data
         self.collator = make_collator(data, tokenizer, decoder_start_token_id)
-        self.truncation = TruncationStats(0, 0, 0)
 
     def tokenize(self, examples: Sequence[Example]) -> list[dict[str, Any]]:
         tokens = tokenize_batch(self.tokenizer, [e.input for e in examples], [e.target for e in examples],
                                 self.data.max_input_length, self.data.max_target_length)
-        self.truncation = self.truncation + TruncationStats.of(tokens)
-        return [{"input_ids": ids, "labels": labels, "task": example.task}
-                for ids, labels, example in zip(tokens["input_ids"], tokens["labels"], examples, strict=True)]
+        return [{"input_ids": ids, "labels": labels, "task": example.task, "input_truncated": cut_input,
+                 "target_truncated": cut_target}
+                for ids, labels, example, cut_input, cut_target in zip(
+                    tokens["input_ids"], tokens["labels"], examples, tokens["input_truncated"],
+                    tokens["target_truncated"], strict=True)]
 
     def collate(self, examples: Sequence[Example] | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         features = self.tokenize(examples) if examples and not isinstance(examples[0], Mapping) else examples

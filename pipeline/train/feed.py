@@ -3,9 +3,9 @@
     feed = TrainingFeed(tasks, mixture.shares, Batcher(tokenizer, cfg.data, start_token), cfg.data, cfg.run.seed)
     micro_batches = feed.micro_batches(draws.for_rank(rank, world_size), accumulation_steps)
 
-    steps = StepSource(feed, sampler, cfg.train.batch_size, rank, world_size, accumulation_steps, prefetch=True)
-    draws, micro_batches = steps.next()      # the sampler's next global batch and this process's share of it
-    steps.close()                            # or: with StepSource(...) as steps:
+    with StepSource(feed, sampler, batch_size, rank, world_size, accumulation_steps, prefetch=True) as steps:
+        draws, micro_batches = steps.next()  # the sampler's next global batch and this process's share of it
+        checkpoint["steps"] = steps.state_dict()
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,10 @@ class TrainingFeed:
 
     def micro_batches(self, batch: DrawBatch, accumulation_steps: int) -> list[dict[str, Any]]:
         """This process's slice of a global batch as `accumulation_steps` collated micro-batches."""
-        features = self.batcher.tokenize(self.render(batch.draws()))
+        return self.collate_micro_batches(self.batcher.tokenize(self.render(batch.draws())), accumulation_steps)
+
+    def collate_micro_batches(self, features: list[dict[str, Any]], accumulation_steps: int) -> list[dict[str, Any]]:
+        """Tokenized features as `accumulation_steps` collated micro-batches (grouped by length if asked)."""
         size = math.ceil(len(features) / accumulation_steps)
         if self.data.group_by_length:
             groups = length_grouped_batches(example_lengths(features), size)
@@ -80,44 +84,112 @@ class TrainingFeed:
         return [self.batcher.collate([features[i] for i in group]) for group in groups]
 
 
+@dataclass
+class PreparedStep:
+    """One step's data for this process: the global batch's draws (as the sampler drew them for that step),
+    its micro-batches, their truncation counts, and the sampler state at the start of the step's length window
+    (None outside windows)."""
+
+    draws: DrawBatch
+    micro_batches: list[dict[str, Any]]
+    truncation: TruncationStats
+    window_start: dict[str, Any] | None
+
+
 class StepSource:
-    """Each step's global batch of draws and this process's micro-batches, optionally prepared one step ahead in
-    a background thread (`data.prefetch`): while step s trains, a copy of the sampler draws step s+1 and the
-    thread renders, tokenizes and collates it. The run's own sampler still draws every batch when its step
-    comes (its state, saved in checkpoints, is that of the steps taken), and each prepared batch is checked
-    against that draw, so prefetching changes no batch, loss or resume point. `truncation` counts the
-    examples of the steps taken, not of a batch prepared ahead."""
+    """Each step's global batch of draws and this process's micro-batches.
+
+    The batches come from a copy of the run's sampler; the run's own sampler still draws every batch when its
+    step comes (its state, saved in checkpoints, is that of the steps taken, and its counts give the realized
+    shares), and each step's draws are checked against that draw. Two options change when work happens:
+
+    - `prefetch`: while step s trains, a background thread prepares step s+1 (render, tokenize, collate).
+      Nothing else changes: batches, losses and resume points are the same.
+    - `length_window` W > 1: the examples of W consecutive global batches are grouped by length (as the
+      Trainer's `group_by_length` does over 50 batches): at every W-th step the window's W batches are drawn,
+      rendered and tokenized (all of them, on every process, as the grouping is global), sorted by (input,
+      target) length, cut into W global batches, and those are taken in an order shuffled by (seed, window).
+      Each step then trains on other examples than the sampler drew for it, the same ones over the window.
+      A checkpoint inside a window keeps the sampler state at the window's start (`state_dict`), so a resumed
+      run draws the same window again and continues exactly.
+    """
 
     def __init__(self, feed: TrainingFeed, sampler: MixtureSampler, batch_size: int, rank: int, world_size: int,
-                 accumulation_steps: int, prefetch: bool):
+                 accumulation_steps: int, *, prefetch: bool = False, length_window: int = 1):
         self.feed, self.sampler, self.batch_size = feed, sampler, batch_size
         self.rank, self.world_size, self.accumulation_steps = rank, world_size, accumulation_steps
+        self.length_window = length_window
         self.truncation = TruncationStats(0, 0, 0)
-        self._ahead = copy.deepcopy(sampler) if prefetch else None
+        """Truncated examples of this process's share of the steps taken (not of batches prepared ahead)."""
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="flanpipe-prefetch") if prefetch else None
         self._pending: Future | None = None
+        self._data: MixtureSampler | None = None  # the copy that draws the batches prepared here
+        self._resume_window: dict[str, Any] | None = None
+        self._taken_window: dict[str, Any] | None = None
+        self._window: list[PreparedStep] = []  # the current window's steps not yet taken
 
-    def _prepare(self, draws: DrawBatch) -> tuple[DrawBatch, list[dict[str, Any]], TruncationStats]:
-        before = self.feed.batcher.truncation
-        micro_batches = self.feed.micro_batches(draws.for_rank(self.rank, self.world_size), self.accumulation_steps)
-        return draws, micro_batches, self.feed.batcher.truncation - before
+    # --- checkpoints ---------------------------------------------------------------------------------------
 
-    def _prepare_ahead(self) -> tuple[DrawBatch, list[dict[str, Any]], TruncationStats]:
-        return self._prepare(self._ahead.next_batch(self.batch_size))
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint after the steps taken needs besides the sampler's state."""
+        inside = self.length_window > 1 and self.sampler.step % self.length_window
+        return {"window_start": self._taken_window} if inside else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from `state_dict()` output (call before the first `next`, after the sampler is restored)."""
+        self._resume_window = state.get("window_start")
+        if self.length_window > 1 and self.sampler.step % self.length_window and self._resume_window is None:
+            raise ValueError("resuming inside a length window needs the sampler state at the window's start")
+
+    # --- batches ---------------------------------------------------------------------------------------------
 
     def next(self) -> tuple[DrawBatch, list[dict[str, Any]]]:
+        if self._data is None:  # the first step (of this process's session)
+            self._data = copy.deepcopy(self.sampler)
+            taken = self._data.step % self.length_window
+            if taken:  # resumed inside a length window: draw it again from its start, drop the steps taken
+                self._data.load_state_dict(self._resume_window)
+                self._window = self._prepare_window()[taken:]
         draws = self.sampler.next_batch(self.batch_size)
         if self._pool is None:
-            _, micro_batches, truncation = self._prepare(draws)
+            prepared = self._prepare()
         else:
-            pending = self._pending or self._pool.submit(self._prepare_ahead)
-            ahead, micro_batches, truncation = pending.result()
-            if not all(np.array_equal(getattr(draws, name), getattr(ahead, name)) for name in ("task", "example",
-                                                                                            "template")):
-                raise RuntimeError("prefetch: the batch prepared ahead differs from the sampler's (a bug)")
-            self._pending = self._pool.submit(self._prepare_ahead)
-        self.truncation = self.truncation + truncation
-        return draws, micro_batches
+            prepared = (self._pending or self._pool.submit(self._prepare)).result()
+            self._pending = self._pool.submit(self._prepare)
+        if not all(np.array_equal(getattr(draws, name), getattr(prepared.draws, name))
+                   for name in ("task", "example", "template")):
+            raise RuntimeError("the batch prepared for this step is not the sampler's (a bug in StepSource)")
+        self.truncation = self.truncation + prepared.truncation
+        self._taken_window = prepared.window_start
+        return draws, prepared.micro_batches
+
+    def _prepare(self) -> PreparedStep:
+        """The next step's data (in the background thread when prefetching: touches only the copy of the
+        sampler, the feed and the window)."""
+        if self.length_window == 1:
+            draws = self._data.next_batch(self.batch_size)
+            features = self.feed.batcher.tokenize(self.feed.render(draws.for_rank(self.rank, self.world_size).draws()))
+            return PreparedStep(draws, self._micro_batches(features), truncation_of(features), None)
+        if not self._window:
+            self._window = self._prepare_window()
+        return self._window.pop(0)
+
+    def _prepare_window(self) -> list[PreparedStep]:
+        """The W steps of a length window starting at the copy's current step (see the class docstring)."""
+        start = self._data.state_dict()
+        index = self._data.step // self.length_window
+        draws = [self._data.next_batch(self.batch_size) for _ in range(self.length_window)]
+        features = [f for batch in draws for f in self.feed.batcher.tokenize(self.feed.render(batch.draws()))]
+        share = self.batch_size // self.world_size
+        steps = []
+        for batch_draws, batch in zip(draws, regroup_by_length(features, self.batch_size, (self.feed.seed, index)),
+                                      strict=True):
+            mine = batch[self.rank * share:(self.rank + 1) * share]
+            steps.append(PreparedStep(batch_draws, self._micro_batches(mine), truncation_of(mine), start))
+        return steps
+
+    def _micro_batches(self, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.feed.collate_micro_batches(features, self.accumulation_steps)
 
     def close(self) -> None:
         """Stop the background thread (a batch being prepared ahead is finished and dropped)."""
@@ -129,3 +201,20 @@ class StepSource:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def regroup_by_length(features: Sequence[Mapping[str, Any]], batch_size: int, seed: tuple[int, ...]
+                      ) -> list[list[Mapping[str, Any]]]:
+    """Tokenized examples regrouped into batches of `batch_size` of similar length: sorted longest first by
+    (input, target) length (ties keep their order), cut into batches, the batches in an order shuffled by
+    `seed` (so that no run sees its batches from longest to shortest)."""
+    by_length = sorted(range(len(features)), key=lambda i: example_lengths([features[i]])[0], reverse=True)
+    batches = [[features[i] for i in by_length[start:start + batch_size]]
+               for start in range(0, len(by_length), batch_size)]
+    return [batches[i] for i in np.random.default_rng(list(seed)).permutation(len(batches))]
+
+
+def truncation_of(features: Sequence[Mapping[str, Any]]) -> TruncationStats:
+    """Truncation counts of tokenized features (`Batcher.tokenize` marks each)."""
+    return TruncationStats(len(features), sum(f["input_truncated"] for f in features),
+                           sum(f["target_truncated"] for f in features))

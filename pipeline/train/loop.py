@@ -91,9 +91,12 @@ def train(cfg: Config) -> dict[str, Any]:
     optimizer, scheduler = make_optimizer(cfg.train, model, accelerator.device)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)  # FSDP swaps in its parameters
 
+    steps = StepSource(feed, sampler, cfg.train.batch_size, accelerator.process_index, accelerator.num_processes,
+                       cfg.train.gradient_accumulation_steps, prefetch=cfg.data.prefetch,
+                       length_window=cfg.data.length_window)
     state, changed = TrainState(), []
     if checkpoint is not None:
-        state, changed = resume(accelerator, checkpoint, cfg, sampler, optimizer, scheduler)
+        state, changed = resume(accelerator, checkpoint, cfg, steps, optimizer, scheduler)
         accelerator.print(f"resumed from {checkpoint} at step {state.step}"
                           + (f" with changed settings: {', '.join(changed)}" if changed else ""))
 
@@ -113,8 +116,6 @@ def train(cfg: Config) -> dict[str, Any]:
     window = LogWindow()
     started = time.perf_counter() - state.elapsed_seconds
     stopped = False
-    steps = StepSource(feed, sampler, cfg.train.batch_size, accelerator.process_index, accelerator.num_processes,
-                       cfg.train.gradient_accumulation_steps, prefetch=cfg.data.prefetch)
     # both closed even on errors: the bar with a clean line, the prefetch thread stopped
     with _progress(accelerator, cfg.train, state.step) as progress, steps:
         while state.step < cfg.train.max_steps and not (stopped := stop.requested()):
@@ -140,11 +141,11 @@ def train(cfg: Config) -> dict[str, Any]:
             if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step < cfg.train.max_steps:
                 log_validation(accelerator, evaluator, model, state.step)
             if cfg.train.save_every and state.step % cfg.train.save_every == 0:
-                save(accelerator, run_dir, cfg, state, sampler)
+                save(accelerator, run_dir, cfg, state, steps)
 
     # --- cleanup -------------------------------------------------------------------------------------------
     if stopped:
-        save(accelerator, run_dir, cfg, state, sampler)
+        save(accelerator, run_dir, cfg, state, steps)
         accelerator.print(f"stopped by {stop.name} at step {state.step}; resume with train.resume=auto")
         del model, optimizer, scheduler  # before the process group goes: see `finish`
         finish(accelerator)
@@ -156,7 +157,7 @@ def train(cfg: Config) -> dict[str, Any]:
     accelerator.log({f"eval/{task}/{metric}": value for task, result in scores["tasks"].items()
                      for metric, value in result["metrics"].items()}, step=state.step)
     if not (cfg.train.save_every and state.step % cfg.train.save_every == 0):  # else the loop just saved it
-        save(accelerator, run_dir, cfg, state, sampler)
+        save(accelerator, run_dir, cfg, state, steps)
     save_final_model(accelerator, model, tokenizer, run_dir)
     summary = _summary(state, final_validation, run_dir, window.session_data_share(accelerator))
     accelerator.log({"summary/" + k: v for k, v in summary.items() if isinstance(v, int | float)}, step=state.step)

@@ -1,7 +1,7 @@
 """A run's state across checkpoints: `TrainState`, saving it with the sampler and config, and the resume check.
 
-    state = resume(accelerator, find_resume_checkpoint("auto", run_dir), cfg, sampler)
-    save(accelerator, run_dir, cfg, state, sampler)
+    state, changed = resume(accelerator, find_resume_checkpoint("auto", run_dir), cfg, steps, optimizer, scheduler)
+    save(accelerator, run_dir, cfg, state, steps)
 
 The checkpoint folder format itself (atomic `step-N` folders, the newest complete one) is
 `pipeline.checkpoints`; this module decides what goes in and whether a checkpoint may be resumed.
@@ -19,12 +19,12 @@ from accelerate import Accelerator
 from pipeline.checkpoints import read_records, save_checkpoint
 from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.mixing.sampler import MixtureSampler
+from pipeline.train.feed import StepSource
 
 # Settings that must be equal to resume a checkpoint: anything that changes the data or the model's shape.
 RESUME_MUST_MATCH = (
     "run.seed", "model.name", "data.mixture", "data.few_shot_k", "data.max_input_length",
-    "data.max_target_length", "data.packing", "data.homogeneous_batches", "train.batch_size", "train.optimizer",
+    "data.max_target_length", "data.packing", "data.homogeneous_batches", "data.length_window", "train.batch_size", "train.optimizer",
     "train.loss_per",
 )
 
@@ -42,9 +42,10 @@ class TrainState:
     """Per-task validation loss before training, for the end-of-run summary."""
 
 
-def resume(accelerator: Accelerator, checkpoint: Path, cfg: Config, sampler: MixtureSampler, optimizer: Any,
+def resume(accelerator: Accelerator, checkpoint: Path, cfg: Config, steps: StepSource, optimizer: Any,
            scheduler: Any) -> tuple[TrainState, list[str]]:
-    """Load a checkpoint into the prepared model, optimizer and scheduler, the sampler and a `TrainState`.
+    """Load a checkpoint into the prepared model, optimizer and scheduler, the step source (the sampler and
+    any length window) and a `TrainState`.
 
     Settings that shape the data or the model (`RESUME_MUST_MATCH`) must be as they were. Every other setting
     may change and takes effect from here; the changes are returned (as "key old -> new") to be printed and
@@ -52,7 +53,9 @@ def resume(accelerator: Accelerator, checkpoint: Path, cfg: Config, sampler: Mix
     keep as they were.
     """
     records = read_records(checkpoint)
-    saved, current = flat_config(records["config"]), flat_config(cfg.to_dict())
+    # A setting added since the checkpoint was written had its default then.
+    saved = {**flat_config(Config().to_dict()), **flat_config(records["config"])}
+    current = flat_config(cfg.to_dict())
     for key in RESUME_MUST_MATCH:
         if saved.get(key) != current.get(key):
             raise UserError(
@@ -60,7 +63,8 @@ def resume(accelerator: Accelerator, checkpoint: Path, cfg: Config, sampler: Mix
                 f"{current.get(key)!r}; use the same setting, train.resume=off, or another run.dir"
             )
     accelerator.load_state(str(checkpoint))
-    sampler.load_state_dict(records["sampler"])
+    steps.sampler.load_state_dict(records["sampler"])
+    steps.load_state_dict(records.get("steps", {}))
     known = {f.name for f in dataclasses.fields(TrainState)}
     state = TrainState(**{k: v for k, v in records["train_state"].items() if k in known})
     changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in current.items()
@@ -80,11 +84,12 @@ def _apply_learning_rate(optimizer: Any, scheduler: Any, lr: float) -> None:
     inner._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-def save(accelerator: Accelerator, run_dir: Path, cfg: Config, state: TrainState, sampler: MixtureSampler) -> Path:
+def save(accelerator: Accelerator, run_dir: Path, cfg: Config, state: TrainState, steps: StepSource) -> Path:
     """A checkpoint of the run as it stands (collective: every process calls it)."""
     records = {
         "train_state": dataclasses.asdict(state),
-        "sampler": sampler.state_dict(),
+        "sampler": steps.sampler.state_dict(),
+        "steps": steps.state_dict(),
         "config": cfg.to_dict(),
     }
     return save_checkpoint(accelerator, run_dir, state.step, records, cfg.train.keep_last)
