@@ -21,7 +21,11 @@ def random_model(shape: str, seed: int = 0) -> T5ForConditionalGeneration:
     torch.manual_seed(seed)
     config = T5Config(**T5_V1_1, **SHAPES[shape])
     config.name_or_path = f"{shape}-shaped (random weights)"
-    return T5ForConditionalGeneration(config)
+    model = T5ForConditionalGeneration(config)
+    # transformers 5 builds T5 with the head tied to the embedding whatever the config says (a hub checkpoint's
+    # own head replaces it on loading); T5 v1.1's is a matrix of its own, initialised as T5 initialises it.
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * config.initializer_factor)
+    return model
 
 
 def training_flops(model: torch.nn.Module, lengths: list[tuple[int, int]]) -> float:

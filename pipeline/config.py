@@ -256,10 +256,17 @@ class EvalConfig:
     """Beam search width; 1 = greedy (FLAN's default for evaluation)."""
     samples: int = 3
     """Sample generations per task logged at each evaluation."""
+    sample_tasks: int = 20
+    """Tasks whose sample generations are logged at each evaluation, spread evenly over the tasks in name order
+    (with a thousand tasks, generating for all would dominate every evaluation)."""
+    periodic_examples: int = 0
+    """Validation examples, over all tasks, scored by each evaluation during training (every
+    `train.eval_every` steps): each task's first ⌈N / tasks⌉ (at least 1). Bounds their cost whatever the
+    number of tasks; the evaluations before and after training score `max_examples` per task. 0 = no bound."""
 
     def __post_init__(self) -> None:
         for key, minimum in (("max_examples", 0), ("batch_size", 1), ("max_new_tokens", 1), ("num_beams", 1),
-                             ("samples", 0)):
+                             ("samples", 0), ("sample_tasks", 0), ("periodic_examples", 0)):
             check_at_least("eval", key, getattr(self, key), minimum)
 
 

@@ -96,3 +96,37 @@ def test_input_reliance_scores_each_target_after_its_own_and_another_input(world
     for n, own, other, difference in rows.values():
         assert int(n) == 8 and float(other) - float(own) == pytest.approx(float(difference), abs=2e-3)
     assert any(float(difference) != 0 for *_, difference in rows.values())  # the inputs really were swapped
+
+
+def test_validation_losses_mix_tasks_in_batches_and_honour_the_budgets(world, tmp_path):
+    """Losses from batches that mix tasks equal each task's own; `per_task` scores each task's first rows;
+    sample generations come from at most `eval.sample_tasks` tasks."""
+    from accelerate import Accelerator
+
+    from pipeline.config import load_config
+    from pipeline.data.batcher import Batcher
+    from pipeline.evaluate.evaluator import Evaluator
+    from pipeline.forward import Seq2SeqLogits
+    from pipeline.modeling import load_model
+    from pipeline.tasks.task import load_tasks
+
+    cfg = load_config(overrides=[*settings(world, tmp_path), "eval.batch_size=5", "eval.sample_tasks=1"])
+    tasks = load_tasks(cfg.data.templates_path())
+    model, tokenizer = load_model(cfg.model, cfg.data)
+    model = Seq2SeqLogits(model)
+    accelerator = Accelerator(cpu=True)
+
+    def evaluator(names):
+        return Evaluator(tasks, names, Batcher(tokenizer, cfg.data, model.model.config.decoder_start_token_id),
+                         cfg.eval, cfg.data)
+
+    both = evaluator(["colour", "echo"])
+    mixed, mixed_two = both.validation_losses(accelerator, model), both.validation_losses(accelerator, model, per_task=2)
+    for task in ("colour", "echo"):
+        alone = evaluator([task])
+        assert mixed[task] == pytest.approx(alone.validation_losses(accelerator, model)[task], rel=1e-6)
+        alone.rows[task] = alone.rows[task][:2]
+        assert mixed_two[task] == pytest.approx(alone.validation_losses(accelerator, model)[task], rel=1e-6)
+    assert mixed["colour"] != mixed_two["colour"]
+    samples = both.samples(accelerator, model)
+    assert {row[0] for row in samples} == {"colour"} and len(samples) == cfg.eval.samples

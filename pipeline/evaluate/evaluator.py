@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 
 from pipeline.config import DataConfig, EvalConfig
 from pipeline.data.batcher import Batcher
-from pipeline.data.collate import LABEL_PAD
 from pipeline.data.tokenize import check_tokenizer, shown
 from pipeline.errors import UserError, one_line
 from pipeline.evaluate.scoring import rank_classification_scores
@@ -152,31 +151,33 @@ class Evaluator:
         return rank_classification(scores, gold)
 
     @torch.no_grad()
-    def validation_losses(self, accelerator: Any, model: Any, other_inputs: bool = False) -> dict[str, float]:
-        """Mean target-token cross-entropy per task (teacher forcing). With `other_inputs`, each target is
-        scored after the next example's input (same task, rotated by one): how much worse that is measures
-        how much the model reads its input rather than guessing the task's typical answer."""
+    def validation_losses(self, accelerator: Any, model: Any, other_inputs: bool = False,
+                          per_task: int | None = None) -> dict[str, float]:
+        """Mean target-token cross-entropy per task (teacher forcing), on each task's first `per_task` rows (all
+        held when None). Batches mix tasks, so a thousand tasks of a few rows cost as many model calls as their
+        rows, and the per-task sums are reduced over processes once. With `other_inputs`, each target is scored
+        after the next example's input (same task, rotated by one): how much worse that is measures how much
+        the model reads its input rather than guessing the task's typical answer."""
         model.eval()
-        losses = {}
-        for task, rows in self.rows.items():
+        index = {task: i for i, task in enumerate(self.rows)}
+        rows: list[RenderedExample] = []
+        for task_rows in self.rows.values():
+            task_rows = task_rows[:per_task]
             if other_inputs:
-                inputs = [row.input for row in rows[1:] + rows[:1]]
-                rows = [dataclasses.replace(row, input=text) for row, text in zip(rows, inputs, strict=True)]
-            total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-            shard, real = even_shard(accelerator, rows)
-            for start in range(0, len(shard), self.settings.batch_size):
-                batch = _on_device(self.batcher.collate(shard[start : start + self.settings.batch_size]),
-                                   accelerator.device)
-                per_token = token_losses(model(batch), batch["labels"])
-                if start + len(batch["task"]) <= real:
-                    total += torch.stack([per_token.sum().double(), (batch["labels"] != LABEL_PAD).sum().double()])
-                else:  # the padding rows at the end of the shard do not count
-                    sums, counts = example_loss_sums(per_token, batch)
-                    keep = max(0, real - start)
-                    total += torch.stack([sums[:keep].sum().double(), counts[:keep].sum().double()])
-            total = accelerator.reduce(total, "sum")
-            losses[task] = float(total[0] / total[1].clamp(min=1))
-        return losses
+                inputs = [row.input for row in task_rows[1:] + task_rows[:1]]
+                task_rows = [dataclasses.replace(row, input=text) for row, text in zip(task_rows, inputs, strict=True)]
+            rows += task_rows
+        totals = torch.zeros(len(index), 2, dtype=torch.float64, device=accelerator.device)
+        shard, real = even_shard(accelerator, rows)
+        for start in range(0, len(shard), self.settings.batch_size):
+            chunk = shard[start : start + self.settings.batch_size]
+            batch = _on_device(self.batcher.collate(chunk), accelerator.device)
+            sums, counts = example_loss_sums(token_losses(model(batch), batch["labels"]), batch)
+            keep = min(len(chunk), max(0, real - start))  # the padding rows at the end of the shard do not count
+            owners = torch.tensor([index[row.task] for row in chunk[:keep]], device=accelerator.device)
+            totals.index_add_(0, owners, torch.stack([sums[:keep], counts[:keep]], dim=1).double())
+        totals = accelerator.reduce(totals, "sum")
+        return {task: float(totals[i, 0] / totals[i, 1].clamp(min=1)) for task, i in index.items()}
 
     def answer_length(self, rows: Sequence[RenderedExample]) -> int:
         """New tokens to generate for a task: its longest target plus a margin, within eval.max_new_tokens.
@@ -215,8 +216,12 @@ class Evaluator:
         return [text.strip() for text in gather_rows(accelerator, outputs[:real])]
 
     def samples(self, accelerator: Any, model: Any) -> list[list[str]]:
-        """A few generations per task, as rows of `SAMPLE_COLUMNS` (every process computes, all get them)."""
-        picked = [row for rows in self.rows.values() for row in rows[: self.settings.samples]]
+        """A few generations per task, as rows of `SAMPLE_COLUMNS` (every process computes, all get them), from at
+        most `eval.sample_tasks` tasks spread evenly over them in name order."""
+        names = sorted(self.rows)
+        count = min(len(names), self.settings.sample_tasks)
+        chosen = [names[i * len(names) // count] for i in range(count)]
+        picked = [row for task in chosen for row in self.rows[task][: self.settings.samples]]
         if not picked:
             return []
         predictions = self.generate(accelerator, model, [row.input for row in picked])

@@ -203,7 +203,9 @@ def log_validation(accelerator: Accelerator, evaluator: Evaluator, model: Any, s
     """Validation loss per task and sample generations, logged to the trackers; returns task -> loss.
     `losses` already computed (by a full scoring at the start or end of a run) are logged as they are."""
     if losses is None:
-        losses = evaluator.validation_losses(accelerator, model)
+        budget = evaluator.settings.periodic_examples
+        per_task = -(-budget // max(1, len(evaluator.rows))) if budget else None
+        losses = evaluator.validation_losses(accelerator, model, per_task=per_task)
     values = {f"eval/loss/{task}": loss for task, loss in losses.items()}
     values["eval/loss"] = sum(losses.values()) / max(1, len(losses))
     accelerator.log(values, step=step)
