@@ -1,6 +1,6 @@
 """Start-up at FLAN scale (`make bench-startup`): N generated local-JSONL tasks of 1,000 rows, one mixture of all.
 
-    .venv/bin/python bench/startup.py [--tasks 100 1000] [--rows 1000]
+    .venv/bin/python bench/startup.py [--tasks 100 1000] [--rows 1000] [--eval-budget]
 
 For each N: writes N task folders (two templates each, `carve: {validation: 50, test: 50}`) and a mixture of
 all of them under a scratch folder, then times, each twice (cold: empty caches; warm: caches from the first):
@@ -8,6 +8,11 @@ all of them under a scratch folder, then times, each twice (cold: empty caches; 
 the time until step 1's loss is logged, and the whole run with its final evaluation. The base model's scores
 are cached (the warm run reads them). Network access is not disabled: local data
 must not need it. Prints a table; growth per task shows whether start-up is linear in the tasks.
+
+`--eval-budget` then times one evaluation during training (`eval/seconds` at step 1 of a 2-step run with
+`train.eval_every=1`, `eval.max_examples=10`, 1 sample per task) for the largest N: unbounded (every task's 10
+examples and samples from every task, what the trainer did before the budgets) against the defaults with
+`eval.periodic_examples=1000` (and samples from `eval.sample_tasks`, 20, tasks).
 """
 
 from __future__ import annotations
@@ -73,6 +78,24 @@ def timed_training(command: list[str], env: dict[str, str], run_dir: Path) -> tu
     return first_step or float("nan"), time.perf_counter() - started
 
 
+def eval_seconds(run_dir: Path, step: int) -> float:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return next(r["eval/seconds"] for r in records if r.get("step") == step and "eval/seconds" in r)
+
+
+def eval_budget(train: list[str], env: dict[str, str], root: Path, tasks: int) -> None:
+    budget = [*train[:train.index("train.max_steps=1")], "train.max_steps=2", "train.eval_every=1",
+              "train.save_every=0", "eval.max_examples=10", "eval.samples=1", "log.trackers=[jsonl]"]
+    runs = {"unbounded": ["eval.periodic_examples=0", f"eval.sample_tasks={tasks}"],
+            "eval.periodic_examples=1000": ["eval.periodic_examples=1000"]}
+    timed_training([*budget, *runs["unbounded"]], env, root / "budget-warmup")  # caches the base model's scores
+    print(f"\nOne evaluation during training, {tasks:,} tasks (eval.max_examples=10, eval.samples=1):\n"
+          "| evaluation | eval/seconds at step 1 | whole 2-step run |\n|---|---|---|")
+    for name, settings in runs.items():
+        _, whole = timed_training([*budget, *settings], env, root / f"budget-{name}")
+        print(f"| {name} | {eval_seconds(root / f'budget-{name}', 1):.1f} s | {whole:.1f} s |", flush=True)
+
+
 def default_model() -> Path:
     """The embedded default model's folder in the user's cache (built there by `make train` or `make test`), so
     the scratch caches below hold only the generated tasks' data."""
@@ -88,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--eval-budget", action="store_true", help="also time an evaluation during training")
     args = parser.parse_args()
     print(f"machine: {len(os.sched_getaffinity(0))} usable cores; {args.rows} rows per task", flush=True)
     print("| tasks | mixture cold | mixture warm | train to step 1, cold | to step 1, warm | whole 1-step run with "
@@ -108,6 +132,8 @@ def main() -> None:
         warm_step, warm_run = timed_training(train, env, root / "run-warm")
         print(f"| {tasks:,} | {cold_mix:.1f} s | {warm_mix:.1f} s | {cold_step:.1f} s | {warm_step:.1f} s "
               f"({warm_step / tasks * 1000:.0f} ms per task) | {cold_run:.1f} s / {warm_run:.1f} s |", flush=True)
+    if args.eval_budget:
+        eval_budget(train, env, root, tasks)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from the batch itself (`plan_rows`): for a few row counts, from the fewest that 
 examples are spread over the rows so that both sides' loads are even (longest first, each into the row it
 fills least), each side's width is its fullest row, and the plan with the fewest padded tokens wins. A fixed
 4:1 row shape (FLAN's T5X packing) runs out on one side first whenever the batch's own ratio differs: on the
-default mixture it filled 66-68% of the tokens. Each row carries segment ids (1, 2, ... per example, 0 on
+default mixture it filled 66-68% of the positions, planned rows 91-92% (`bench/bench_packing.py`). Each row carries segment ids (1, 2, ... per example, 0 on
 padding) for both sides, and decoder inputs restart at every segment with the start token, so a segment's
 decoder inputs are exactly its unpacked ones. The forward pass that keeps packed examples apart is
 `pipeline.forward`.

@@ -188,7 +188,9 @@ class Evaluator:
     def cached_scores(self, accelerator: Any, model: Any, model_id: str) -> dict[str, dict[str, Any]]:
         """`scores`, cached under a key of the model and the exact rows and decoding (for base models,
         whose scores every report shows and which never change)."""
-        key = content_hash(SCORES_FORMAT, model_id, dataclasses.asdict(self.settings), self.data.max_input_length,
+        scoring = {key: value for key, value in dataclasses.asdict(self.settings).items()
+                   if key not in ("samples", "sample_tasks", "periodic_examples")}  # these change no score
+        key = content_hash(SCORES_FORMAT, model_id, scoring, self.data.max_input_length,
                            {task: [(r.input, r.target, r.choices) for r in rows] for task, rows in self.rows.items()},
                            length=20)
         path = self.data.cache_path() / "eval" / f"scores-{key}.json"

@@ -200,16 +200,20 @@ def train_step(accelerator: Accelerator, model: Any, optimizer: Any, scheduler: 
 
 def log_validation(accelerator: Accelerator, evaluator: Evaluator, model: Any, step: int,
                    losses: dict[str, float] | None = None) -> dict[str, float]:
-    """Validation loss per task and sample generations, logged to the trackers; returns task -> loss.
-    `losses` already computed (by a full scoring at the start or end of a run) are logged as they are."""
+    """Validation loss per task and sample generations, logged to the trackers with the seconds they took
+    (`eval/seconds`); returns task -> loss. `losses` already computed (by a full scoring at the start or end of
+    a run) are logged as they are. Evaluations during training score `eval.periodic_examples` over all tasks."""
+    started = time.perf_counter()
     if losses is None:
         budget = evaluator.settings.periodic_examples
         per_task = -(-budget // max(1, len(evaluator.rows))) if budget else None
         losses = evaluator.validation_losses(accelerator, model, per_task=per_task)
+    samples = evaluator.samples(accelerator, model)
     values = {f"eval/loss/{task}": loss for task, loss in losses.items()}
     values["eval/loss"] = sum(losses.values()) / max(1, len(losses))
+    values["eval/seconds"] = time.perf_counter() - started
     accelerator.log(values, step=step)
-    log_samples(accelerator, SAMPLE_COLUMNS, evaluator.samples(accelerator, model), step)
+    log_samples(accelerator, SAMPLE_COLUMNS, samples, step)
     return losses
 
 
