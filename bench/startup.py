@@ -132,8 +132,8 @@ def main() -> None:
         warm_step, warm_run = timed_training(train, env, root / "run-warm")
         print(f"| {tasks:,} | {cold_mix:.1f} s | {warm_mix:.1f} s | {cold_step:.1f} s | {warm_step:.1f} s "
               f"({warm_step / tasks * 1000:.0f} ms per task) | {cold_run:.1f} s / {warm_run:.1f} s |", flush=True)
-    if args.eval_budget:
-        eval_budget(train, env, root, tasks)
+        if args.eval_budget and tasks == max(args.tasks):
+            eval_budget(train, env, root, tasks)
 
 
 if __name__ == "__main__":
