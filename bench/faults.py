@@ -2,13 +2,14 @@
 checkpoint is being written, resume it each time, and compare the finished run with one never interrupted:
 every logged training loss and every final weight must be bitwise equal.
 
-    .venv/bin/python bench/faults.py [--kills 10] [--steps 60] [--seed N] [--out DIR]
+    .venv/bin/python bench/faults.py [--kills 10] [--steps 60] [--seed N] [--out DIR] [--set KEY=VALUE ...]
 
 The run is the embedded default (configs/default.yaml) shortened to --steps, a checkpoint every 5 steps. Kills
 take turns: during start-up (a random moment in the first seconds: imports, data, model), mid-save (the moment a
 new checkpoint staging folder appears) and mid-training (once a random later step has been logged, spaced so
 the run is still going at the last kill). Prints a table, one row per kill, and the verdict; exits 1 if anything
-differs.
+differs. `--set` adds settings to both runs, e.g. `--set data.length_window=8 data.prefetch=true` (checkpoints
+inside length windows, batches prepared ahead): `make faults ARGS="--set ..."`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parent.parent
 
 
+EXTRA: list[str] = []
+"""`--set` settings, for both runs."""
+
+
 def settings(run_dir: Path, steps: int) -> list[str]:
+    return [*_base(run_dir, steps), *EXTRA]
+
+
+def _base(run_dir: Path, steps: int) -> list[str]:
     return ["-c", str(ROOT / "configs" / "default.yaml"), f"run.dir={run_dir}", f"train.max_steps={steps}",
             "train.save_every=5", "train.eval_every=0", "train.log_every=1", "eval.max_examples=20",
             "eval.samples=1", "log.trackers=[jsonl]", "train.keep_last=2"]
@@ -64,7 +73,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=None, help="for the kill moments (default: random)")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="settings for both runs")
     args = parser.parse_args()
+    EXTRA.extend(args.set)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     out = args.out or Path(tempfile.mkdtemp(prefix="flanpipe-faults-"))
