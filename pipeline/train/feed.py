@@ -103,8 +103,9 @@ class StepSource:
     step comes (its state, saved in checkpoints, is that of the steps taken, and its counts give the realized
     shares), and each step's draws are checked against that draw. Two options change when work happens:
 
-    - `prefetch`: while step s trains, a background thread prepares step s+1 (render, tokenize, collate).
-      Nothing else changes: batches, losses and resume points are the same.
+    - `prefetch`: while step s trains, a background thread tokenizes and collates step s+1, rendered just
+      before in the main thread (where the templates' time limit works). Nothing else changes: batches,
+      losses and resume points are the same. Length windows prepare each window at its first step.
     - `length_window` W > 1: the examples of W consecutive global batches are grouped by length (as the
       Trainer's `group_by_length` does over 50 batches): at every W-th step the window's W batches are drawn,
       rendered and tokenized (all of them, on every process, as the grouping is global), sorted by (input,
@@ -151,11 +152,17 @@ class StepSource:
                 self._data.load_state_dict(self._resume_window)
                 self._window = self._prepare_window()[taken:]
         draws = self.sampler.next_batch(self.batch_size)
-        if self._pool is None:
-            prepared = self._prepare()
+        if self.length_window > 1:
+            if not self._window:
+                self._window = self._prepare_window()
+            prepared = self._window.pop(0)
+        elif self._pool is None:
+            prepared = self._finish(*self._render_next())
         else:
-            prepared = (self._pending or self._pool.submit(self._prepare)).result()
-            self._pending = self._pool.submit(self._prepare)
+            prepared = (self._pending or self._pool.submit(self._finish, *self._render_next())).result()
+            # The next step is rendered here, in the main thread (the templates' time limit is a signal, which
+            # only the main thread receives), and tokenized and collated in the background while this one trains.
+            self._pending = self._pool.submit(self._finish, *self._render_next())
         if not all(np.array_equal(getattr(draws, name), getattr(prepared.draws, name))
                    for name in ("task", "example", "template")):
             raise RuntimeError("the batch prepared for this step is not the sampler's (a bug in StepSource)")
@@ -163,16 +170,15 @@ class StepSource:
         self._taken_window = prepared.window_start
         return draws, prepared.micro_batches
 
-    def _prepare(self) -> PreparedStep:
-        """The next step's data (in the background thread when prefetching: touches only the copy of the
-        sampler, the feed and the window)."""
-        if self.length_window == 1:
-            draws = self._data.next_batch(self.batch_size)
-            features = self.feed.batcher.tokenize(self.feed.render(draws.for_rank(self.rank, self.world_size).draws()))
-            return PreparedStep(draws, self._micro_batches(features), truncation_of(features), None)
-        if not self._window:
-            self._window = self._prepare_window()
-        return self._window.pop(0)
+    def _render_next(self) -> tuple[DrawBatch, list[RenderedExample]]:
+        """The copy's next global batch and this process's share of it, rendered."""
+        draws = self._data.next_batch(self.batch_size)
+        return draws, self.feed.render(draws.for_rank(self.rank, self.world_size).draws())
+
+    def _finish(self, draws: DrawBatch, rendered: list[RenderedExample]) -> PreparedStep:
+        """Tokenize and collate a rendered step (in the background thread when prefetching)."""
+        features = self.feed.batcher.tokenize(rendered)
+        return PreparedStep(draws, self._micro_batches(features), truncation_of(features), None)
 
     def _prepare_window(self) -> list[PreparedStep]:
         """The W steps of a length window starting at the copy's current step (see the class docstring)."""
