@@ -177,7 +177,9 @@ def plan_rows(lengths: Sequence[tuple[int, int]], input_row_length: int, target_
               multiple: int | None = None) -> list[list[int]]:
     """Example positions per packed row, with the fewest padded positions among `spread_rows` over a few row
     counts and first-fit decreasing under the caps (the fallback, always feasible). Rows never exceed
-    `input_row_length` / `target_row_length`. A pure function of the lengths."""
+    `input_row_length` / `target_row_length`. A pure function of the lengths. Cost (pure Python, measured on
+    default-mixture lengths with rows of 256/128): 32 examples 0.2 ms (92% of positions real; first-fit 77%),
+    256 examples 3.3 ms (94%; 81%), 1,024 examples 38 ms (97%; 82%); `data.prefetch` runs it beside the step."""
     if not lengths:
         return []
     _check_fits(lengths, input_row_length, target_row_length)
