@@ -34,6 +34,8 @@ def test_run_outputs_trackers_and_final_model(reference):
     assert any("train/loss/colour" in r and "train/loss/echo" in r for r in records)
     assert any("eval/loss/colour" in r for r in records) and any("eval/samples" in r for r in records)
     assert any("mixture/realized/echo" in r for r in records)
+    norms = [r["train/grad_norm"] for r in records if "train/grad_norm" in r]
+    assert len(norms) == 12 and all(0 < norm < float("inf") for norm in norms)  # log_every=1
     shares = [r["train/data_share"] for r in records if "train/data_share" in r]
     assert shares and all(0 < share < 1 for share in shares)
     assert re.search(r"\(data path \d+\.\d% of step time\)", result.stdout + result.stderr)
@@ -98,6 +100,11 @@ def test_two_processes_match_one(world, reference, tmp_path):
     assert one.keys() == two.keys()
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4), step
+    norms = [{r["step"]: r["train/grad_norm"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if "train/grad_norm" in r} for run in (reference[0], run_dir)]
+    assert norms[0].keys() == norms[1].keys() and norms[0]
+    for step, norm in norms[0].items():  # the gradient norm of the global batch, not of one process's share
+        assert norms[1][step] == pytest.approx(norm, rel=1e-3), step
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(world, tmp_path):

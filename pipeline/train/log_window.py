@@ -28,6 +28,7 @@ class LogWindow:
 
     def _reset(self) -> None:
         self.step_seconds = [0.0, 0.0]
+        self.grad_norms: list[torch.Tensor] = []  # kept on the device: no sync per step
         self.sums: dict[str, float] = defaultdict(float)
         self.tokens: dict[str, int] = defaultdict(int)
         self.examples: dict[str, int] = defaultdict(int)
@@ -49,6 +50,11 @@ class LogWindow:
         self._step_real += int(micro_batch["real_tokens"])
         self.real_tokens += int(micro_batch["real_tokens"])
         self.all_tokens += int(micro_batch["all_tokens"])
+
+    def add_grad_norm(self, norm: torch.Tensor | float | None) -> None:
+        """The gradient norm of a step (before clipping), as `clip_grad_norm_` returns it."""
+        if norm is not None:
+            self.grad_norms.append(torch.as_tensor(norm).detach().float())
 
     def time_step(self, data_seconds: float, step_seconds: float) -> None:
         """One step's wall time and the part of it the data path took."""
@@ -94,6 +100,10 @@ class LogWindow:
         values["train/padding_efficiency"] = real / max(1.0, padded)
         values["train/tokens_per_second"] = real / max(1e-9, elapsed)
         values["train/data_share"] = data_seconds / max(1e-9, step_seconds)
+        if self.grad_norms:  # the same on every process: computed over the synchronised gradients
+            norms = torch.stack([norm.to(self.grad_norms[0].device) for norm in self.grad_norms])
+            values["train/grad_norm"] = float(norms.mean())
+            values["train/grad_norm_max"] = float(norms.max())
         self.session_seconds = [a + b for a, b in zip(self.session_seconds, self.step_seconds, strict=True)]
         self._reset()
         return values

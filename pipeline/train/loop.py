@@ -190,8 +190,8 @@ def train_step(accelerator: Accelerator, model: Any, optimizer: Any, scheduler: 
             accelerator.backward(objective * scale)
             window.add(micro_batch, per_token)
             if accelerator.sync_gradients:
-                if train.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+                if train.max_grad_norm > 0:  # the norm before clipping, over all processes' shards
+                    window.add_grad_norm(accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm))
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
