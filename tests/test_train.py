@@ -54,13 +54,14 @@ def test_run_outputs_trackers_and_final_model(reference):
 
 def kill_and_resume(world, run_dir, kill_after: int, *extra: str) -> None:
     """Start a run, SIGKILL it once it has logged step `kill_after`, and resume it to the end. The runs have 12
-    short steps: a kill aimed at step 10 once landed after the last one (a fresh-clone `make test`)."""
+    short steps: polled every 50 ms, a kill aimed at step 10 once landed after the last one (a fresh-clone
+    `make test`)."""
     process = launch(settings(world, run_dir, *extra), wait=False)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
         if (run_dir / "metrics.jsonl").exists() and max(losses(run_dir), default=0) >= kill_after:
             break
-        time.sleep(0.05)
+        time.sleep(0.01)  # the steps are short: a coarser poll can miss the last four of them
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert max(losses(run_dir)) < 12, "the run finished before it could be killed"
