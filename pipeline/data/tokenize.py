@@ -78,10 +78,6 @@ class TruncationStats:
         return TruncationStats(self.examples + other.examples, self.inputs_truncated + other.inputs_truncated,
                                self.targets_truncated + other.targets_truncated)
 
-    def __sub__(self, other: TruncationStats) -> TruncationStats:
-        return TruncationStats(self.examples - other.examples, self.inputs_truncated - other.inputs_truncated,
-                               self.targets_truncated - other.targets_truncated)
-
     def message(self, what: str = "examples") -> str:
         def share(count: int) -> str:
             return f"{count:,} ({100 * count / max(self.examples, 1):.1f}%)"

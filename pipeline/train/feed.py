@@ -1,7 +1,8 @@
 """The training feed: the mixture sampler's draws become this process's micro-batches.
 
     feed = TrainingFeed(tasks, mixture.shares, Batcher(tokenizer, cfg.data, start_token), cfg.data, cfg.run.seed)
-    micro_batches = feed.micro_batches(draws.for_rank(rank, world_size), accumulation_steps)
+    features = feed.batcher.tokenize(feed.render(draws.for_rank(rank, world_size).draws()))
+    micro_batches = feed.micro_batches(features, accumulation_steps)
 
     with StepSource(feed, sampler, batch_size, rank, world_size, accumulation_steps, prefetch=True) as steps:
         draws, micro_batches = steps.next()  # the sampler's next global batch and this process's share of it
@@ -70,12 +71,9 @@ class TrainingFeed:
             for draw, row in zip(draws, self.rows(draws), strict=True)
         ]
 
-    def micro_batches(self, batch: DrawBatch, accumulation_steps: int) -> list[dict[str, Any]]:
-        """This process's slice of a global batch as `accumulation_steps` collated micro-batches."""
-        return self.collate_micro_batches(self.batcher.tokenize(self.render(batch.draws())), accumulation_steps)
-
-    def collate_micro_batches(self, features: list[dict[str, Any]], accumulation_steps: int) -> list[dict[str, Any]]:
-        """Tokenized features as `accumulation_steps` collated micro-batches (grouped by length if asked)."""
+    def micro_batches(self, features: Sequence[Mapping[str, Any]], accumulation_steps: int) -> list[dict[str, Any]]:
+        """Tokenized features (this process's share of a global batch) as `accumulation_steps` collated
+        micro-batches (grouped by length if asked)."""
         size = math.ceil(len(features) / accumulation_steps)
         if self.data.group_by_length:
             groups = length_grouped_batches(example_lengths(features), size)
@@ -122,7 +120,8 @@ class StepSource:
         self.length_window = length_window
         self.truncation = TruncationStats(0, 0, 0)
         """Truncated examples of this process's share of the steps taken (not of batches prepared ahead)."""
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="flanpipe-prefetch") if prefetch else None
+        prefetching = prefetch and length_window == 1  # a window is prepared at its first step
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="flanpipe-prefetch") if prefetching else None
         self._pending: Future | None = None
         self._data: MixtureSampler | None = None  # the copy that draws the batches prepared here
         self._resume_window: dict[str, Any] | None = None
@@ -178,7 +177,8 @@ class StepSource:
     def _finish(self, draws: DrawBatch, rendered: list[RenderedExample]) -> PreparedStep:
         """Tokenize and collate a rendered step (in the background thread when prefetching)."""
         features = self.feed.batcher.tokenize(rendered)
-        return PreparedStep(draws, self._micro_batches(features), truncation_of(features), None)
+        micro_batches = self.feed.micro_batches(features, self.accumulation_steps)
+        return PreparedStep(draws, micro_batches, truncation_of(features), None)
 
     def _prepare_window(self) -> list[PreparedStep]:
         """The W steps of a length window starting at the copy's current step (see the class docstring)."""
@@ -188,14 +188,12 @@ class StepSource:
         features = [f for batch in draws for f in self.feed.batcher.tokenize(self.feed.render(batch.draws()))]
         share = self.batch_size // self.world_size
         steps = []
-        for batch_draws, batch in zip(draws, regroup_by_length(features, self.batch_size, (self.feed.seed, index)),
-                                      strict=True):
+        batches = regroup_by_length(features, self.batch_size, (self.feed.seed, index))
+        for batch_draws, batch in zip(draws, batches, strict=True):
             mine = batch[self.rank * share:(self.rank + 1) * share]
-            steps.append(PreparedStep(batch_draws, self._micro_batches(mine), truncation_of(mine), start))
+            micro_batches = self.feed.micro_batches(mine, self.accumulation_steps)
+            steps.append(PreparedStep(batch_draws, micro_batches, truncation_of(mine), start))
         return steps
-
-    def _micro_batches(self, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self.feed.collate_micro_batches(features, self.accumulation_steps)
 
     def close(self) -> None:
         """Stop the background thread (a batch being prepared ahead is finished and dropped)."""
@@ -214,9 +212,7 @@ def regroup_by_length(features: Sequence[Mapping[str, Any]], batch_size: int, se
     """Tokenized examples regrouped into batches of `batch_size` of similar length: sorted longest first by
     (input, target) length (ties keep their order), cut into batches, the batches in an order shuffled by
     `seed` (so that no run sees its batches from longest to shortest)."""
-    by_length = sorted(range(len(features)), key=lambda i: example_lengths([features[i]])[0], reverse=True)
-    batches = [[features[i] for i in by_length[start:start + batch_size]]
-               for start in range(0, len(by_length), batch_size)]
+    batches = [[features[i] for i in group] for group in length_grouped_batches(example_lengths(features), batch_size)]
     return [batches[i] for i in np.random.default_rng(list(seed)).permutation(len(batches))]
 
 

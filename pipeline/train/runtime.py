@@ -63,7 +63,7 @@ def torch_threads(setting: int) -> int:
 
 def warn_if_cores_are_busy(threads: int) -> None:
     """Say so when other work keeps this machine's cores busy: torch's threads wait on each other whenever one
-    of their cores is taken (measured: 0.21× the solo throughput beside one busy job, 0.56× with one thread;
+    of their cores is taken (measured: 0.08× the solo throughput beside one busy job, 0.63× with one thread;
     `bench/contention.py`). The thread count is not changed behind the user's back: it changes the low bits of
     every loss, and runs must repeat exactly."""
     import psutil
