@@ -39,7 +39,7 @@ def tokens_per_second(threads: int, steps: int, contended: bool) -> float:
         if busy:
             busy.kill()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    windows = [r["train/tokens_per_second"] for r in records if "train/tokens_per_second" in r]
+    windows = [r["batch/tokens_per_second"] for r in records if "batch/tokens_per_second" in r]
     return statistics.median(windows[1:])
 
 

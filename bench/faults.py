@@ -56,8 +56,8 @@ def losses(run_dir: Path) -> dict[int, float]:
     if path.exists():
         for line in path.read_text().splitlines():
             record = json.loads(line)
-            if "train/loss" in record:
-                found[record["step"]] = record["train/loss"]
+            if "batch/loss" in record:
+                found[record["step"]] = record["batch/loss"]
     return found
 
 

@@ -9,7 +9,7 @@ the time until step 1's loss is logged, and the whole run with its final evaluat
 are cached (the warm run reads them). Network access is not disabled: local data
 must not need it. Prints a table; growth per task shows whether start-up is linear in the tasks.
 
-`--eval-budget` then times one evaluation during training (`eval/seconds` at step 1 of a 2-step run with
+`--eval-budget` then times one evaluation during training (`time/eval_seconds` at step 1 of a 2-step run with
 `train.eval_every=1`, `eval.max_examples=10`, 1 sample per task) for the largest N: unbounded (every task's 10
 examples and samples from every task, what the trainer did before the budgets) against the defaults with
 `eval.periodic_examples=1000` (and samples from `eval.sample_tasks`, 20, tasks).
@@ -70,7 +70,7 @@ def timed_training(command: list[str], env: dict[str, str], run_dir: Path) -> tu
     first_step = None
     while process.poll() is None:
         log = run_dir / "metrics.jsonl"
-        if first_step is None and log.exists() and '"train/loss"' in log.read_text():
+        if first_step is None and log.exists() and '"batch/loss"' in log.read_text():
             first_step = time.perf_counter() - started
         time.sleep(0.05)
     if process.returncode:
@@ -80,7 +80,7 @@ def timed_training(command: list[str], env: dict[str, str], run_dir: Path) -> tu
 
 def eval_seconds(run_dir: Path, step: int) -> float:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return next(r["eval/seconds"] for r in records if r.get("step") == step and "eval/seconds" in r)
+    return next(r["time/eval_seconds"] for r in records if r.get("step") == step and "time/eval_seconds" in r)
 
 
 def eval_budget(train: list[str], env: dict[str, str], root: Path, tasks: int) -> None:
@@ -90,7 +90,7 @@ def eval_budget(train: list[str], env: dict[str, str], root: Path, tasks: int) -
             "eval.periodic_examples=1000": ["eval.periodic_examples=1000"]}
     timed_training([*budget, *runs["unbounded"]], env, root / "budget-warmup")  # caches the base model's scores
     print(f"\nOne evaluation during training, {tasks:,} tasks (eval.max_examples=10, eval.samples=1):\n"
-          "| evaluation | eval/seconds at step 1 | whole 2-step run |\n|---|---|---|")
+          "| evaluation | time/eval_seconds at step 1 | whole 2-step run |\n|---|---|---|")
     for name, settings in runs.items():
         _, whole = timed_training([*budget, *settings], env, root / f"budget-{name}")
         print(f"| {name} | {eval_seconds(root / f'budget-{name}', 1):.1f} s | {whole:.1f} s |", flush=True)

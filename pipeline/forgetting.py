@@ -20,20 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.dashboard import markdown_table, primary_metric
 from pipeline.errors import UserError
 from pipeline.files import write_text_atomically
-from pipeline.report import markdown_table, new_figure, save_figure
+from pipeline.report import new_figure, save_figure
 
 DEFAULT_SEQUENCE = ("sentiment", "topics", "arithmetic")
-# The score that stands for a task in the matrix: the first of these its evaluation reports.
-PRIMARY_METRICS = ("rank_accuracy", "accuracy", "exact_match", "bleu", "rougeL")
-
-
-def primary_metric(metrics: dict[str, float]) -> str:
-    for name in PRIMARY_METRICS:
-        if name in metrics:
-            return name
-    return next(iter(metrics))
 
 
 def _run(command: list[str], log: Path) -> None:

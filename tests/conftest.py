@@ -148,6 +148,6 @@ def losses(run_dir: Path) -> dict[int, float]:
         text = text[: text.rfind("\n") + 1]
     for line in text.splitlines():
         record = json.loads(line)
-        if "train/loss" in record:
-            found[record["step"]] = record["train/loss"]
+        if "batch/loss" in record:
+            found[record["step"]] = record["batch/loss"]
     return found

@@ -92,7 +92,7 @@ def test_changed_learning_rate_takes_effect_on_resume_and_is_logged(world, refer
     assert "with changed settings: train.lr 0.001 -> 0.5" in result.stdout + result.stderr
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("resume/changed") == "train.lr 0.001 -> 0.5" for r in records)
-    assert [r["train/lr"] for r in records if "train/lr" in r and r["step"] > 3][0] == pytest.approx(0.5)
+    assert [r["batch/lr"] for r in records if "batch/lr" in r and r["step"] > 3][0] == pytest.approx(0.5)
 
 
 class _FailingAccelerator:

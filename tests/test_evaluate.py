@@ -129,4 +129,4 @@ def test_validation_losses_mix_tasks_in_batches_and_honour_the_budgets(world, tm
         assert mixed_two[task] == pytest.approx(alone.validation_losses(accelerator, model)[task], rel=1e-6)
     assert mixed["colour"] != mixed_two["colour"]
     samples = both.samples(accelerator, model)
-    assert {row[0] for row in samples} == {"colour"} and len(samples) == cfg.eval.samples
+    assert {sample["task"] for sample in samples} == {"colour"} and len(samples) == cfg.eval.samples

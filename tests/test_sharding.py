@@ -90,8 +90,8 @@ def matrix(world, tmp_path_factory):
 
 def evaluations(run_dir: Path) -> tuple[dict[int, float], dict[int, list[str]]]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    eval_losses = {r["step"]: r["eval/loss"] for r in records if "eval/loss" in r}
-    samples = {r["step"]: [s["prediction"] for s in r["eval/samples"]] for r in records if "eval/samples" in r}
+    eval_losses = {r["step"]: r["aggregate/loss_trained"] for r in records if "aggregate/loss_trained" in r}
+    samples = {r["step"]: [s["prediction"] for s in r["samples"]] for r in records if "samples" in r}
     return eval_losses, samples
 
 

@@ -1,5 +1,5 @@
 """End-to-end training on a tiny local model and two tiny tasks: exact resume after SIGKILL, 1 vs 2 processes,
-trackers, the final model, SIGTERM, NaN, and bad input. Each run takes seconds; the module takes about a minute."""
+the final model, SIGTERM, NaN, and bad input. Each run takes seconds; the module takes about a minute."""
 
 import json
 import os
@@ -21,26 +21,22 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def reference(world, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("reference")
-    result = launch(settings(world, run_dir, "log.trackers=[jsonl,tensorboard,wandb]"),
-                    env={"WANDB_MODE": "", "WANDB_API_KEY": ""})
+    result = launch(settings(world, run_dir))
     assert result.returncode == 0, result.stdout + result.stderr
     return run_dir, result
 
 
-def test_run_outputs_trackers_and_final_model(reference):
+def test_run_outputs_logs_and_final_model(reference):
     run_dir, result = reference
     assert "done: 12 steps" in result.stdout + result.stderr
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert any("train/loss/colour" in r and "train/loss/echo" in r for r in records)
-    assert any("eval/loss/colour" in r for r in records) and any("eval/samples" in r for r in records)
-    assert any("mixture/realized/echo" in r for r in records)
-    norms = [r["train/grad_norm"] for r in records if "train/grad_norm" in r]
+    assert any("train/colour/loss" in r and "train/echo/loss" in r for r in records)
+    assert any("eval/colour/loss" in r for r in records) and any("samples" in r for r in records)
+    norms = [r["batch/grad_norm"] for r in records if "batch/grad_norm" in r]
     assert len(norms) == 12 and all(0 < norm < float("inf") for norm in norms)  # log_every=1
-    shares = [r["train/data_share"] for r in records if "train/data_share" in r]
+    shares = [r["batch/data_share"] for r in records if "batch/data_share" in r]
     assert shares and all(0 < share < 1 for share in shares)
     assert re.search(r"\(data path \d+\.\d% of step time\)", result.stdout + result.stderr)
-    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
-    assert list((run_dir / "wandb").glob("offline-run-*")), "wandb should default to offline without an API key"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-12", "step-9"]  # keep_last=2
     assert (run_dir / "checkpoints" / "step-12" / "model.safetensors").exists()
 
@@ -102,8 +98,8 @@ def test_two_processes_match_one(world, reference, tmp_path):
     assert one.keys() == two.keys()
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4), step
-    norms = [{r["step"]: r["train/grad_norm"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-              if "train/grad_norm" in r} for run in (reference[0], run_dir)]
+    norms = [{r["step"]: r["batch/grad_norm"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if "batch/grad_norm" in r} for run in (reference[0], run_dir)]
     assert norms[0].keys() == norms[1].keys() and norms[0]
     for step, norm in norms[0].items():  # the gradient norm of the global batch, not of one process's share
         assert norms[1][step] == pytest.approx(norm, rel=1e-3), step
@@ -277,8 +273,8 @@ def test_two_processes_score_like_one_with_periodic_evaluation(world, tmp_path):
 
     def evaluations(run_dir):
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        losses = {r["step"]: r["eval/loss"] for r in records if "eval/loss" in r}
-        samples = {r["step"]: [s["prediction"] for s in r["eval/samples"]] for r in records if "eval/samples" in r}
+        losses = {r["step"]: r["aggregate/loss_trained"] for r in records if "aggregate/loss_trained" in r}
+        samples = {r["step"]: [s["prediction"] for s in r["samples"]] for r in records if "samples" in r}
         return losses, samples
 
     (losses_one, samples_one), (losses_two, samples_two) = evaluations(runs[1]), evaluations(runs[2])

@@ -33,12 +33,11 @@ from pipeline.errors import UserError, one_line
 from pipeline.evaluate.scoring import rank_classification_scores
 from pipeline.files import content_hash, write_json_atomically
 from pipeline.forward import example_loss_sums, generate, token_losses
-from pipeline.metrics import MODEL_METRICS, compute_metrics, rank_classification
+from pipeline.metrics import MODEL_METRICS, compute_metrics, get_normalizer, rank_classification
 from pipeline.tasks.rendering import ZERO_SHOT, RenderedExample, Variant, render_split
 from pipeline.tasks.task import Task
 
 SCORES_FORMAT = 2  # bump when `Evaluator.scores` returns other fields (2: per-task "loss"), so old caches miss
-SAMPLE_COLUMNS = ["task", "template", "input", "target", "prediction"]
 
 
 def evaluation_rows(task: Task, split: str, data: DataConfig, seed: int, limit: int | None,
@@ -115,40 +114,66 @@ class Evaluator:
                     "model sees)")
         return None
 
-    def scores(self, accelerator: Any, model: Any, progress: bool = False) -> dict[str, dict[str, Any]]:
+    def scores(self, accelerator: Any, model: Any, progress: bool = False, per_task: int | None = None,
+               keep_predictions: bool = False) -> dict[str, dict[str, Any]]:
         """Per task: {"n": examples, "loss": validation loss, "metrics": {name: score}} by the metrics its
-        task.yaml declares (scores 0-100, higher is better; the loss is teacher-forced, lower is better)."""
-        results = {}
-        losses = self.validation_losses(accelerator, model)
-        bar = tqdm(self.rows.items(), desc="evaluate", unit="task",
+        task.yaml declares (scores 0-100, higher is better; the loss is teacher-forced, lower is better), on each
+        task's first `per_task` rows (all held when None); with `keep_predictions`, also "predictions": the
+        generated outputs of tasks scored on generations.
+        Generations and answer choices of all tasks share batches, so a thousand tasks of one row each cost as
+        many model calls as their rows: rows are generated in groups of one answer length (`answer_length`), and
+        every process makes the same calls."""
+        rows = {name: task_rows[:per_task] for name, task_rows in self.rows.items()}
+        losses = self.validation_losses(accelerator, model, per_task=per_task)
+        generating = [n for n in rows if any(m not in MODEL_METRICS for m in self.tasks[n].metrics)]
+        ranking = [n for n in rows if "rank_classification" in self.tasks[n].metrics and all(r.choices for r in rows[n])]
+        by_length: dict[int, list[tuple[str, int]]] = {}
+        for name in generating:
+            by_length.setdefault(self.answer_length(rows[name]), []).extend((name, i) for i in range(len(rows[name])))
+        bar = tqdm(total=sum(len(rows[n]) for n in generating + ranking), desc="evaluate", unit="example",
                    disable=not (progress and accelerator.is_local_main_process))
-        for name, rows in bar:
-            bar.set_postfix_str(name)
+        predictions: dict[str, list[str]] = {name: [""] * len(rows[name]) for name in generating}
+        for length, members in sorted(by_length.items()):
+            outputs = self.generate(accelerator, model, [rows[n][i].input for n, i in members], max_new_tokens=length)
+            for (name, i), text in zip(members, outputs, strict=True):
+                predictions[name][i] = text
+            bar.update(len(members))
+        ranked = self.rank_classification(accelerator, model, {name: rows[name] for name in ranking})
+        bar.update(sum(len(rows[n]) for n in ranking))
+        bar.close()
+        results = {}
+        for name, task_rows in rows.items():
             task = self.tasks[name]
             metrics: dict[str, float] = {}
-            generation_metrics = [m for m in task.metrics if m not in MODEL_METRICS]
-            if generation_metrics:
-                predictions = self.generate(accelerator, model, [row.input for row in rows],
-                                            max_new_tokens=self.answer_length(rows))
-                metrics.update(compute_metrics(generation_metrics, predictions, [row.target for row in rows],
-                                               normalize=task.normalize))
-            if "rank_classification" in task.metrics and all(row.choices for row in rows):
-                metrics.update(self.rank_classification(accelerator, model, rows))
-            results[name] = {"n": len(rows), "loss": losses[name], "metrics": metrics}
+            if name in predictions:
+                metrics.update(compute_metrics([m for m in task.metrics if m not in MODEL_METRICS], predictions[name],
+                                               [row.target for row in task_rows], normalize=task.normalize))
+            metrics.update(ranked.get(name, {}))
+            results[name] = {"n": len(task_rows), "loss": losses[name], "metrics": metrics}
+            if keep_predictions and name in predictions:
+                results[name]["predictions"] = predictions[name]
         return results
 
-    def rank_classification(self, accelerator: Any, model: Any, rows: Sequence[RenderedExample]
-                            ) -> dict[str, float]:
-        """Rank accuracy over each row's answer choices, the rows split over processes."""
-        shard, real = even_shard(accelerator, rows)
+    def rank_classification(self, accelerator: Any, model: Any, rows: dict[str, Sequence[RenderedExample]]
+                            ) -> dict[str, dict[str, float]]:
+        """Rank accuracy over each row's answer choices, per task; the rows of all tasks share batches and are
+        split over processes."""
+        flat = [row for task_rows in rows.values() for row in task_rows]
+        if not flat:
+            return {}
+        shard, real = even_shard(accelerator, flat)
         local = rank_classification_scores(
             model, self.tokenizer, [r.input for r in shard], [list(r.choices) for r in shard],
             batch_size=self.settings.batch_size, max_input_length=self.data.max_input_length,
             max_target_length=self.data.max_target_length,
         )
         scores = gather_rows(accelerator, local[:real])
-        gold = [list(row.choices).index(row.target) for row in rows]
-        return rank_classification(scores, gold)
+        results, start = {}, 0
+        for name, task_rows in rows.items():
+            gold = [list(row.choices).index(row.target) for row in task_rows]
+            results[name] = rank_classification(scores[start : start + len(task_rows)], gold)
+            start += len(task_rows)
+        return results
 
     @torch.no_grad()
     def validation_losses(self, accelerator: Any, model: Any, other_inputs: bool = False,
@@ -217,17 +242,29 @@ class Evaluator:
             outputs.extend(self.tokenizer.batch_decode(generated, skip_special_tokens=True))
         return [text.strip() for text in gather_rows(accelerator, outputs[:real])]
 
-    def samples(self, accelerator: Any, model: Any) -> list[list[str]]:
-        """A few generations per task, as rows of `SAMPLE_COLUMNS` (every process computes, all get them), from at
-        most `eval.sample_tasks` tasks spread evenly over them in name order."""
+    def samples(self, accelerator: Any, model: Any, scored: dict[str, dict[str, Any]] | None = None
+                ) -> list[dict[str, Any]]:
+        """A few generations per task (`eval.samples`) from at most `eval.sample_tasks` tasks spread evenly over
+        them in name order: dicts of task, template, input, target, prediction and whether it is `correct` (the
+        task's normaliser makes it equal the target). Predictions already in `scored` (from `scores`) are reused;
+        the rest are generated (every process computes, all get them)."""
         names = sorted(self.rows)
         count = min(len(names), self.settings.sample_tasks)
         chosen = [names[i * len(names) // count] for i in range(count)]
-        picked = [row for task in chosen for row in self.rows[task][: self.settings.samples]]
-        if not picked:
-            return []
-        predictions = self.generate(accelerator, model, [row.input for row in picked])
-        return [[r.task, r.template, r.input, r.target, p] for r, p in zip(picked, predictions, strict=True)]
+        picked = [(task, i) for task in chosen for i in range(min(self.settings.samples, len(self.rows[task])))]
+        known = {(task, i): text for task, result in (scored or {}).items()
+                 for i, text in enumerate(result.get("predictions", []))}
+        missing = [key for key in picked if key not in known]
+        if missing:
+            outputs = self.generate(accelerator, model, [self.rows[task][i].input for task, i in missing])
+            known.update(zip(missing, outputs, strict=True))
+        samples = []
+        for task, i in picked:
+            row, prediction = self.rows[task][i], known[(task, i)]
+            normalize = get_normalizer(self.tasks[task].normalize)
+            samples.append({"task": task, "template": row.template, "input": row.input, "target": row.target,
+                            "prediction": prediction, "correct": normalize(prediction) == normalize(row.target)})
+        return samples
 
 
 def _read_scores(path: Path, tasks: set[str]) -> dict[str, dict[str, Any]] | None:

@@ -12,13 +12,14 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from pipeline.dashboard import mixture_values
 from pipeline.data.tokenize import TruncationStats
 from pipeline.forward import example_loss_sums
 from pipeline.mixing.sampler import MixtureSampler
 
 
 class LogWindow:
-    """Per-task loss sums and counts since the last log line, reduced over processes when flushed; and the
+    """Per-task loss sums and token counts since the last log line, reduced over processes when flushed; and the
     share of step time spent on the data path (drawing, rendering, tokenizing, collating), per window and over
     the session (evaluations and checkpoints between steps are not step time)."""
 
@@ -31,7 +32,6 @@ class LogWindow:
         self.grad_norms: list[torch.Tensor] = []  # kept on the device: no sync per step
         self.sums: dict[str, float] = defaultdict(float)
         self.tokens: dict[str, int] = defaultdict(int)
-        self.examples: dict[str, int] = defaultdict(int)
         self.real_tokens = self.all_tokens = 0
         self.started = time.perf_counter()
         self._step_sum = 0.0
@@ -44,7 +44,6 @@ class LogWindow:
         for task, loss_sum, tokens in zip(micro_batch["task"], per_example_sum, per_example_tokens, strict=True):
             self.sums[task] += loss_sum
             self.tokens[task] += tokens
-            self.examples[task] += 1
         self._step_sum += sum(per_example_sum)
         self._step_tokens += sum(per_example_tokens)
         self._step_real += int(micro_batch["real_tokens"])
@@ -82,28 +81,27 @@ class LogWindow:
         names = accelerator.gather_for_metrics(names, use_gather_object=True) if accelerator.num_processes > 1 else names
         names = sorted(set(names))
         local = torch.tensor(
-            [[self.sums.get(n, 0.0), self.tokens.get(n, 0), self.examples.get(n, 0)] for n in names]
-            + [[float(self.real_tokens), float(self.all_tokens), 0.0], [*self.step_seconds, 0.0]],
+            [[self.sums.get(n, 0.0), self.tokens.get(n, 0)] for n in names]
+            + [[float(self.real_tokens), float(self.all_tokens)], self.step_seconds],
             dtype=torch.float64,
         )
         totals = accelerator.reduce(local, "sum")
         values: dict[str, float] = {}
         loss_sum = token_count = 0.0
-        for name, (task_sum, task_tokens, task_examples) in zip(names, totals[:-2].tolist(), strict=True):
-            values[f"train/loss/{name}"] = task_sum / max(1.0, task_tokens)
-            values[f"train/examples/{name}"] = task_examples
+        for name, (task_sum, task_tokens) in zip(names, totals[:-2].tolist(), strict=True):
+            values[f"train/{name}/loss"] = task_sum / max(1.0, task_tokens)
             loss_sum, token_count = loss_sum + task_sum, token_count + task_tokens
-        real, padded, _ = totals[-2].tolist()
-        data_seconds, step_seconds, _ = totals[-1].tolist()
+        real, padded = totals[-2].tolist()
+        data_seconds, step_seconds = totals[-1].tolist()
         elapsed = time.perf_counter() - self.started
-        values["train/loss"] = loss_sum / max(1.0, token_count)
-        values["train/padding_efficiency"] = real / max(1.0, padded)
-        values["train/tokens_per_second"] = real / max(1e-9, elapsed)
-        values["train/data_share"] = data_seconds / max(1e-9, step_seconds)
+        values["batch/loss"] = loss_sum / max(1.0, token_count)
+        values["batch/padding_efficiency"] = real / max(1.0, padded)
+        values["batch/tokens_per_second"] = real / max(1e-9, elapsed)
+        values["batch/data_share"] = data_seconds / max(1e-9, step_seconds)
         if self.grad_norms:  # the same on every process: computed over the synchronised gradients
             norms = torch.stack([norm.to(self.grad_norms[0].device) for norm in self.grad_norms])
-            values["train/grad_norm"] = float(norms.mean())
-            values["train/grad_norm_max"] = float(norms.max())
+            values["batch/grad_norm"] = float(norms.mean())
+            values["batch/grad_norm_max"] = float(norms.max())
         self.session_seconds = [a + b for a, b in zip(self.session_seconds, self.step_seconds, strict=True)]
         self._reset()
         return values
@@ -111,13 +109,12 @@ class LogWindow:
 
 def log_step(accelerator: Accelerator, step: int, tokens_seen: int, window: LogWindow, sampler: MixtureSampler,
              scheduler: Any, truncation: TruncationStats) -> None:
-    """Blended and per-task loss and counts, realized shares, lr, tokens/s, padding, truncation (collective)."""
+    """Blended and per-task loss, target and realized shares, lr, tokens/s, padding, truncation (collective)."""
     values = window.flush(accelerator)
-    values["train/lr"] = scheduler.get_last_lr()[0]
-    values["train/tokens_seen"] = tokens_seen
+    values["batch/lr"] = scheduler.get_last_lr()[0]
+    values["batch/tokens_seen"] = tokens_seen
     # `truncation` counts this process since it started; summed over processes here
     counts = accelerator.reduce(torch.tensor([truncation.inputs_truncated, truncation.targets_truncated]), "sum")
-    values["train/truncated_inputs"], values["train/truncated_targets"] = counts.tolist()
-    for task, share in sampler.realized_shares().items():
-        values[f"mixture/realized/{task}"] = share
+    values["batch/truncated_inputs"], values["batch/truncated_targets"] = counts.tolist()
+    values.update(mixture_values(sampler.mixture.shares, sampler.realized_shares()))
     accelerator.log(values, step=step)

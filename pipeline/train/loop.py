@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from pipeline.checkpoints import choose_resume_checkpoint
 from pipeline.config import Config, TrainConfig
+from pipeline.dashboard import evaluation_values
 from pipeline.data.batcher import Batcher
 from pipeline.errors import UserError
-from pipeline.evaluate.evaluator import SAMPLE_COLUMNS, Evaluator
+from pipeline.evaluate.evaluator import Evaluator
 from pipeline.evaluate.results import add_base
 from pipeline.files import check_writable, staged_folder, write_json_atomically
 from pipeline.forward import Seq2SeqLogits, check_packing, example_loss_sums, inner_model, token_losses
@@ -39,7 +40,7 @@ from pipeline.mixing.sampler import MixtureSampler
 from pipeline.mixing.tree import RegistryStats, load_mixture
 from pipeline.modeling import load_model, weights_fingerprint
 from pipeline.tasks.task import load_tasks
-from pipeline.tracking import log_samples
+from pipeline.tracking import describe_metrics, log_samples, log_summary, tracker_init_kwargs
 from pipeline.train.feed import StepSource, TrainingFeed
 from pipeline.train.log_window import LogWindow, log_step
 from pipeline.train.loss import loss_weights
@@ -62,7 +63,7 @@ def train(cfg: Config) -> dict[str, Any]:
     # --- setup ---------------------------------------------------------------------------------------------
     run_dir = cfg.run.path()
     check_writable(run_dir, f"run.dir={run_dir}")
-    accelerator, tracker_kwargs = make_accelerator(cfg, run_dir)
+    accelerator = make_accelerator(cfg, run_dir)
     checkpoint = choose_resume_checkpoint(accelerator, cfg.train.resume, run_dir)
     set_seed(cfg.run.seed)
     tasks = load_tasks(cfg.data.templates_path())
@@ -100,17 +101,20 @@ def train(cfg: Config) -> dict[str, Any]:
         accelerator.print(f"resumed from {checkpoint} at step {state.step}"
                           + (f" with changed settings: {', '.join(changed)}" if changed else ""))
 
-    accelerator.init_trackers(cfg.log.wandb_project, config=flat_config(cfg.to_dict()), init_kwargs=tracker_kwargs)
+    accelerator.init_trackers(cfg.log.wandb_project, config=flat_config(cfg.to_dict()),
+                              init_kwargs=tracker_init_kwargs(accelerator, cfg, run_dir, mixture.name, list(mixture.shares)))
+    describe_metrics(accelerator)
     if changed:
         accelerator.log({"resume/changed": ", ".join(changed)}, step=state.step)
     stop = StopSignal(accelerator)
-    if state.step == 0:
-        accelerator.log({f"mixture/target/{task}": share for task, share in mixture.shares.items()}, step=0)
+    held_out = set(mixture.held_out)
+    base_path = run_dir / "eval" / "base_validation.json"
+    if state.step == 0:  # the base model's scores: step 0 of every task's curve
         base = evaluator.cached_scores(accelerator, model, weights_fingerprint(inner_model(model)))
         if accelerator.is_main_process:
-            write_json_atomically(run_dir / "eval" / "base_validation.json", {"model": cfg.model.name, "tasks": base})
-        state.first_validation = log_validation(accelerator, evaluator, model, state.step,
-                                                losses={task: result["loss"] for task, result in base.items()})
+            write_json_atomically(base_path, {"model": cfg.model.name, "tasks": base})
+        state.first_validation = log_evaluation(accelerator, evaluator, model, state.step, held_out, base, scored=base)
+    base = json.loads(base_path.read_text())["tasks"] if base_path.exists() else {}
 
     # --- the loop ------------------------------------------------------------------------------------------
     window = LogWindow()
@@ -139,7 +143,7 @@ def train(cfg: Config) -> dict[str, Any]:
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
                 log_step(accelerator, state.step, state.tokens_seen, window, sampler, scheduler, steps.truncation)
             if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step < cfg.train.max_steps:
-                log_validation(accelerator, evaluator, model, state.step)
+                log_evaluation(accelerator, evaluator, model, state.step, held_out, base)
             if cfg.train.save_every and state.step % cfg.train.save_every == 0:
                 save(accelerator, run_dir, cfg, state, steps)
 
@@ -150,17 +154,16 @@ def train(cfg: Config) -> dict[str, Any]:
         del model, optimizer, scheduler  # before the process group goes: see `finish`
         finish(accelerator)
         return {"step": state.step, "stopped": stop.name}
-    scores = save_scores(accelerator, evaluator, model, run_dir / "eval" / "validation.json", cfg,
-                         base=run_dir / "eval" / "base_validation.json")
-    final_validation = log_validation(accelerator, evaluator, model, state.step,
-                                      losses={task: result["loss"] for task, result in scores["tasks"].items()})
-    accelerator.log({f"eval/{task}/{metric}": value for task, result in scores["tasks"].items()
-                     for metric, value in result["metrics"].items()}, step=state.step)
+    scores = save_scores(accelerator, evaluator, model, run_dir / "eval" / "validation.json", cfg, base=base_path)
+    final_validation = log_evaluation(accelerator, evaluator, model, state.step, held_out, base,
+                                      scored=scores["tasks"])
     if not (cfg.train.save_every and state.step % cfg.train.save_every == 0):  # else the loop just saved it
         save(accelerator, run_dir, cfg, state, steps)
     save_final_model(accelerator, model, tokenizer, run_dir)
     summary = _summary(state, final_validation, run_dir, window.session_data_share(accelerator))
-    accelerator.log({"summary/" + k: v for k, v in summary.items() if isinstance(v, int | float)}, step=state.step)
+    summary.update({key.removeprefix("aggregate/"): value for key, value
+                    in evaluation_values(scores["tasks"], held_out, base).items() if key.startswith("aggregate/")})
+    log_summary(accelerator, run_dir, summary)
     del model, optimizer, scheduler  # before the process group goes: see `finish`
     finish(accelerator)
     accelerator.print(_summary_line(summary))
@@ -198,23 +201,27 @@ def train_step(accelerator: Accelerator, model: Any, optimizer: Any, scheduler: 
     return window.last_step_loss(accelerator)
 
 
-def log_validation(accelerator: Accelerator, evaluator: Evaluator, model: Any, step: int,
-                   losses: dict[str, float] | None = None) -> dict[str, float]:
-    """Validation loss per task and sample generations, logged to the trackers with the seconds they took
-    (`eval/seconds`); returns task -> loss. `losses` already computed (by a full scoring at the start or end of
-    a run) are logged as they are. Evaluations during training score `eval.periodic_examples` over all tasks."""
+def log_evaluation(accelerator: Accelerator, evaluator: Evaluator, model: Any, step: int, held_out: set[str],
+                   base: dict[str, Any], scored: dict[str, Any] | None = None) -> dict[str, float]:
+    """Every task's scores and validation loss (`eval/<task>/...`, `held_out/<task>/...`), the aggregates over
+    tasks against the base model's scores (`aggregate/...`), and sample generations, logged with the seconds they
+    took (`time/eval_seconds`); returns task -> loss. Scores already computed (the base model's at step 0, the
+    final ones) are logged as they are; evaluations during training score each task's first
+    ⌈eval.periodic_examples / tasks⌉ rows (all of them when it is 0), so their cost is bounded at any number of
+    tasks. Collective: every process calls it."""
     started = time.perf_counter()
-    if losses is None:
+    if scored is None:
         budget = evaluator.settings.periodic_examples
         per_task = -(-budget // max(1, len(evaluator.rows))) if budget else None
-        losses = evaluator.validation_losses(accelerator, model, per_task=per_task)
-    samples = evaluator.samples(accelerator, model)
-    values = {f"eval/loss/{task}": loss for task, loss in losses.items()}
-    values["eval/loss"] = sum(losses.values()) / max(1, len(losses))
-    values["eval/seconds"] = time.perf_counter() - started
+        scored = evaluator.scores(accelerator, model, per_task=per_task, keep_predictions=True)
+    samples = evaluator.samples(accelerator, model, scored)
+    for sample in samples:
+        sample["held_out"] = sample["task"] in held_out
+    values = evaluation_values(scored, held_out, base)
+    values["time/eval_seconds"] = time.perf_counter() - started
     accelerator.log(values, step=step)
-    log_samples(accelerator, SAMPLE_COLUMNS, samples, step)
-    return losses
+    log_samples(accelerator, samples, step)
+    return {task: result["loss"] for task, result in scored.items()}
 
 
 def save_scores(accelerator: Accelerator, evaluator: Evaluator, model: Any, path: Path, cfg: Config,

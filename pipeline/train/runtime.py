@@ -77,8 +77,8 @@ def warn_if_cores_are_busy(threads: int) -> None:
               file=sys.stderr, flush=True)
 
 
-def make_accelerator(cfg: Config, run_dir: Path) -> tuple[Accelerator, dict[str, Any]]:
-    """The Accelerator (CPU when no GPU, bf16 on GPUs that have it) and the trackers' init kwargs."""
+def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
+    """The Accelerator: CPU when no GPU, bf16 on GPUs that have it, the trackers of `log.trackers`."""
     threads = torch_threads(cfg.run.threads)
     torch.set_num_threads(threads)
     use_cpu = not torch.cuda.is_available()
@@ -88,13 +88,12 @@ def make_accelerator(cfg: Config, run_dir: Path) -> tuple[Accelerator, dict[str,
     mixed_precision = cfg.train.mixed_precision
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    log_with, tracker_kwargs = tracker_setup(cfg.log.trackers, run_dir, cfg.run.name)
     accelerator = Accelerator(
         cpu=use_cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
         step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the process count
-        log_with=log_with,
+        log_with=tracker_setup(cfg, run_dir),
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
     )
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -110,7 +109,7 @@ def make_accelerator(cfg: Config, run_dir: Path) -> tuple[Accelerator, dict[str,
             f"train.batch_size={cfg.train.batch_size} must be a multiple of processes × accumulation steps "
             f"({accelerator.num_processes} × {cfg.train.gradient_accumulation_steps})"
         )
-    return accelerator, tracker_kwargs
+    return accelerator
 
 
 def check_sharding(accelerator: Accelerator) -> None:
