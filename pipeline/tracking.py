@@ -84,7 +84,7 @@ def wandb_has_api_key() -> bool:
 
 
 class TensorBoard(TensorBoardTracker):
-    """accelerate's TensorBoard tracker, writing ONE run: the event files go straight into `<run>/tensorboard`,
+    """accelerate's TensorBoard tracker, writing ONE run: the event files go straight into `logging_dir`,
     and the hyperparameters into that same run, tied to the metrics that judge it (`hparam_metrics`) so the
     HParams tab shows each run's final values; plus the Custom Scalars layout (`dashboard.custom_scalars_layout`).
     (accelerate's own `add_hparams` call writes a second run, named by a timestamp, with no metrics attached.)"""
@@ -118,7 +118,7 @@ def tracker_setup(cfg: Config, run_dir: Path) -> list[Any]:
     """`log_with` for `Accelerator(log_with=...)`; `tracker_init_kwargs` completes them once the mixture is known."""
     log_with: list[Any] = [JSONLTracker(cfg.run.name, run_dir)]
     if "tensorboard" in cfg.log.trackers:
-        log_with.append(TensorBoard(cfg.run.name, run_dir / "tensorboard", {}, HPARAM_METRICS))
+        log_with.append(TensorBoard(cfg.run.name, run_dir / "tensorboard" / cfg.run.name, {}, HPARAM_METRICS))
     if "wandb" in cfg.log.trackers:
         if not wandb_has_api_key() and not os.environ.get("WANDB_MODE"):
             os.environ["WANDB_MODE"] = "offline"  # sync later with `wandb sync <run>/wandb/offline-run-*`

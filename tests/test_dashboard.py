@@ -83,8 +83,8 @@ def test_tensorboard_is_one_run_with_scores_hparams_and_layout(dashboard_run):
     multiplexer = EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(dashboard_run / "tensorboard"))
     multiplexer.Reload()
-    assert list(multiplexer.Runs()) == ["."]  # the event files of one run, no timestamped hparams run beside it
-    accumulator = multiplexer.GetAccumulator(".")
+    assert list(multiplexer.Runs()) == ["dash"]  # one run, named as the run; no timestamped hparams run beside it
+    accumulator = multiplexer.GetAccumulator("dash")
     tags = set(accumulator.Tags()["scalars"])
     steps = lambda tag: [event.step for event in accumulator.Scalars(tag)]  # noqa: E731
     assert steps("eval/colour/accuracy") == [0, 6, 12] and steps("held_out/echo/exact_match") == [0, 6, 12]

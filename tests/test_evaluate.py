@@ -60,17 +60,6 @@ def test_eval_of_a_checkpoint_equals_eval_of_the_final_model(world, run_dir, tmp
     assert scores["final"] == scores["checkpoint"]
 
 
-def test_report_writes_markdown_and_plots(run_dir):
-    result = launch([str(run_dir)], command="report")
-    assert result.returncode == 0, result.stdout + result.stderr
-    text = (run_dir / "report" / "report.md").read_text()
-    for section in ("Training loss per task", "Validation loss per task", "Mixture shares", "Scores per task",
-                    "Sample generations"):
-        assert section in text
-    assert {p.name for p in (run_dir / "report").glob("*.png")} == {
-        "train_loss.png", "validation_loss.png", "mixture_shares.png", "scores.png"}
-
-
 def test_forgetting_quick(world, tmp_path):
     out = tmp_path / "forgetting"
     result = launch(["--quick", "--tasks", "colour", "echo", "--out", str(out), *world_settings(world)],
@@ -99,8 +88,8 @@ def test_input_reliance_scores_each_target_after_its_own_and_another_input(world
 
 
 def test_validation_losses_mix_tasks_in_batches_and_honour_the_budgets(world, tmp_path):
-    """Losses from batches that mix tasks equal each task's own; `per_task` scores each task's first rows;
-    sample generations come from at most `eval.sample_tasks` tasks."""
+    """Losses and scores from batches that mix tasks equal each task's own; `per_task` scores each task's first
+    rows; sample generations come from at most `eval.sample_tasks` tasks and reuse the scored predictions."""
     from accelerate import Accelerator
 
     from pipeline.config import load_config
@@ -130,3 +119,11 @@ def test_validation_losses_mix_tasks_in_batches_and_honour_the_budgets(world, tm
     assert mixed["colour"] != mixed_two["colour"]
     samples = both.samples(accelerator, model)
     assert {sample["task"] for sample in samples} == {"colour"} and len(samples) == cfg.eval.samples
+    # generations of all tasks share batches, grouped by answer length: the same scores as each task alone
+    scored = both.scores(accelerator, model, keep_predictions=True)
+    for task in ("colour", "echo"):
+        assert scored[task]["metrics"] == evaluator([task]).scores(accelerator, model)[task]["metrics"]
+        assert len(scored[task]["predictions"]) == len(both.rows[task])
+    reused = both.samples(accelerator, model, scored)
+    assert [s["prediction"] for s in reused] == scored["colour"]["predictions"][: cfg.eval.samples]
+    assert all(s["correct"] == (s["prediction"] == s["target"]) for s in reused)

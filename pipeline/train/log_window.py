@@ -5,7 +5,6 @@ Every value is reduced over processes before it is logged, so a log line describ
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -33,7 +32,6 @@ class LogWindow:
         self.sums: dict[str, float] = defaultdict(float)
         self.tokens: dict[str, int] = defaultdict(int)
         self.real_tokens = self.all_tokens = 0
-        self.started = time.perf_counter()
         self._step_sum = 0.0
         self._step_tokens = 0
         self._step_real = 0
@@ -93,10 +91,11 @@ class LogWindow:
             loss_sum, token_count = loss_sum + task_sum, token_count + task_tokens
         real, padded = totals[-2].tolist()
         data_seconds, step_seconds = totals[-1].tolist()
-        elapsed = time.perf_counter() - self.started
         values["batch/loss"] = loss_sum / max(1.0, token_count)
         values["batch/padding_efficiency"] = real / max(1.0, padded)
-        values["batch/tokens_per_second"] = real / max(1e-9, elapsed)
+        # over the steps' own time (summed over processes, which run side by side): evaluations and checkpoints
+        # between steps do not dent it
+        values["batch/tokens_per_second"] = real * accelerator.num_processes / max(1e-9, step_seconds)
         values["batch/data_share"] = data_seconds / max(1e-9, step_seconds)
         if self.grad_norms:  # the same on every process: computed over the synchronised gradients
             norms = torch.stack([norm.to(self.grad_norms[0].device) for norm in self.grad_norms])
