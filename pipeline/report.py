@@ -10,7 +10,7 @@ target vs realized mixture shares, the scores per metric (base vs tuned), and sa
 It stays readable at any number of tasks. Each task has one colour in every plot. Up to `MANY_TASKS` tasks,
 every task is drawn and listed. Past that, the plots show the spread over tasks (median and 10-90% band), the
 `K` tasks that lost most and the `K` that gained most, a histogram of per-task changes, and target against
-realized share as a scatter; the tables list those tasks, and every task's scores are in `scores.csv`.
+realized share as a histogram of their ratio; the tables list those tasks, and every task's scores are in `scores.csv`.
 """
 
 from __future__ import annotations
@@ -103,16 +103,16 @@ def save_figure(figure, path: Path) -> str:
 
 
 def task_colours(tasks: list[str]) -> dict[str, Any]:
-    """One colour per task, the same in every plot of a report: tab10/tab20 for up to 20 tasks, else evenly
-    spaced hues (with many tasks only a few are drawn at once, and those are labelled)."""
+    """One colour per task, the same in every plot of a report: tab10/tab20 for up to 20 tasks, else hues spread
+    over a colour map (with many tasks only a few are drawn at once, and those are labelled)."""
     plt = _pyplot()
     ordered = sorted(tasks)
     if len(ordered) <= 10:
         palette = [plt.get_cmap("tab10")(i) for i in range(10)]
     elif len(ordered) <= 20:
         palette = [plt.get_cmap("tab20")(i) for i in range(20)]
-    else:
-        palette = [plt.get_cmap("turbo")(0.05 + 0.9 * i / (len(ordered) - 1)) for i in range(len(ordered))]
+    else:  # hues a golden ratio apart: tasks next to each other in name order get far-apart colours
+        palette = [plt.get_cmap("turbo")(0.05 + 0.9 * ((i * 0.6180339887) % 1.0)) for i in range(len(ordered))]
     return {task: palette[i] for i, task in enumerate(ordered)}
 
 
@@ -201,6 +201,7 @@ def _task_scores_over_time(records: list[dict[str, Any]], shown: list[str], held
         steps, values = zip(*points, strict=True)
         axes.plot(steps, values, marker="o", markersize=3, color=colours[task])
         axes.axhline(values[0], linestyle="--", linewidth=0.8, color="0.5")
+        axes.set_ylim(min(0.0, *values), max(1.0, *values) * 1.08)  # scores are 0-100: a flat 0 sits on the floor
         axes.set_title(f"{task}{' (held out)' if task in held_out else ''}\n{metric[task]}", fontsize=8)
     return save_figure(figure, out / "task_scores.png")
 
@@ -262,15 +263,11 @@ def _mixture(target: dict[str, float], realized: dict[str, float], colours: dict
                  color=[colours[t] for t in names])
         axes.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
     else:
-        figure, axes = new_figure(f"Mixture shares of {len(target)} tasks: realized against target", "realized share")
-        axes.scatter([target[t] for t in target], [realized.get(t, 0.0) for t in target], s=8,
-                     c=[colours[t] for t in target])
-        low = min(v for v in target.values() if v > 0)
-        high = max(target.values())
-        axes.plot([low, high], [low, high], color="black", linewidth=0.8, label="realized = target")
-        axes.set_xscale("log")
-        axes.set_yscale("symlog", linthresh=low / 10)
-        axes.set_xlabel("target share")
+        ratios = [realized.get(task, 0.0) / share for task, share in target.items() if share > 0]
+        figure, axes = new_figure(f"Mixture shares of {len(target)} tasks: realized ÷ target share", "tasks")
+        axes.hist(ratios, bins=40, color="tab:blue")
+        axes.axvline(1.0, color="black", linewidth=0.8, label="realized = target")
+        axes.set_xlabel("realized share ÷ target share")
         axes.legend(fontsize=8)
     return save_figure(figure, out / "mixture_shares.png")
 
@@ -302,7 +299,7 @@ def write_run_report(run_dir: Path) -> Path:
     if summary:
         facts = [f"{summary['steps']} steps", f"{summary['tokens']:,} tokens", f"{summary['seconds']:.0f} s",
                  f"{len(tasks)} tasks ({len(held_out)} held out)"]
-        scores = [f"{name.replace('_', ' ')} {summary[name]:.2f}" for name in
+        scores = [f"{name.replace('_', ' ')} {summary[name]:.2f}".removesuffix(".00") for name in
                   ("score_trained", "score_held_out", "tasks_below_base", f"worst{WORST_K}_delta") if name in summary]
         sections.append(", ".join(facts) + ("; at the end: " + ", ".join(scores) if scores else "") + ".\n")
     image = _overview(records, out)

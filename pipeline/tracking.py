@@ -190,7 +190,7 @@ def log_samples(accelerator: Any, samples: list[dict[str, Any]], step: int) -> N
                 by_task[task].append([template, text, target, prediction, "✓" if correct else "✗"])
             for task, table in by_task.items():
                 tracker.writer.add_text(f"samples/{task}", markdown_table(
-                    ["template", "input", "target", "prediction", ""], table), global_step=step)
+                    ["template", "input", "target", "prediction", "correct"], table), global_step=step)
             tracker.writer.flush()
         elif tracker.name == "wandb":
             import wandb

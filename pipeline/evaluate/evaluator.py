@@ -254,9 +254,13 @@ class Evaluator:
         picked = [(task, i) for task in chosen for i in range(min(self.settings.samples, len(self.rows[task])))]
         known = {(task, i): text for task, result in (scored or {}).items()
                  for i, text in enumerate(result.get("predictions", []))}
-        missing = [key for key in picked if key not in known]
-        if missing:
-            outputs = self.generate(accelerator, model, [self.rows[task][i].input for task, i in missing])
+        by_length: dict[int, list[tuple[str, int]]] = {}
+        for task, i in picked:
+            if (task, i) not in known:  # generated as `scores` would: up to the task's answer length
+                by_length.setdefault(self.answer_length(self.rows[task]), []).append((task, i))
+        for length, missing in sorted(by_length.items()):
+            outputs = self.generate(accelerator, model, [self.rows[task][i].input for task, i in missing],
+                                    max_new_tokens=length)
             known.update(zip(missing, outputs, strict=True))
         samples = []
         for task, i in picked:
