@@ -31,6 +31,8 @@ from pipeline.files import write_text_atomically
 MANY_TASKS = 20
 K = 6
 """Tasks shown at each end (lost most, gained most) once there are more than `MANY_TASKS`."""
+REPORT_IMAGES = ("overview.png", "task_scores.png", "train_loss.png", "validation_loss.png", "mixture_shares.png",
+                 "scores.png", "score_changes.png")
 SKIPPED_IN_PLOTS = ("rouge1", "rouge2", "rougeLsum")  # rougeL stands for ROUGE in plots; the tables have all four
 
 
@@ -280,6 +282,8 @@ def write_run_report(run_dir: Path) -> Path:
     summary = _read_json(run_dir / "summary.json")
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
+    for stale in REPORT_IMAGES:  # a plot this report does not draw (fewer tasks, no scores) must not linger
+        (out / stale).unlink(missing_ok=True)
 
     held_out = {key.split("/")[1] for record in records for key in record if key.startswith("held_out/")}
     train_loss = task_series(records, "train", "loss")
