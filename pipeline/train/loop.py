@@ -114,7 +114,8 @@ def train(cfg: Config) -> dict[str, Any]:
         if accelerator.is_main_process:
             write_json_atomically(base_path, {"model": cfg.model.name, "tasks": base})
         state.first_validation = log_evaluation(accelerator, evaluator, model, state.step, held_out, base, scored=base)
-    base = json.loads(base_path.read_text())["tasks"] if base_path.exists() else {}
+    else:  # resumed: the base scores this run wrote at step 0 (only the main process logs what they give)
+        base = json.loads(base_path.read_text())["tasks"] if base_path.exists() else {}
 
     # --- the loop ------------------------------------------------------------------------------------------
     window = LogWindow()
