@@ -28,6 +28,9 @@ from typing import Any
 
 PRIMARY_METRICS = ("rank_accuracy", "accuracy", "exact_match", "bleu", "rougeL")
 WORST_K = 5
+RUN_METRICS = ("aggregate/score_trained", "aggregate/score_held_out", "aggregate/loss_trained",
+               "aggregate/loss_held_out", "aggregate/tasks_below_base", f"aggregate/worst{WORST_K}_delta", "batch/loss")
+"""The metrics a run is judged by: TensorBoard's HParams columns."""
 LAYOUT_TASKS = 20
 """Tasks up to which the Custom Scalars layout has a target-vs-realized chart per task (past it, the distance)."""
 

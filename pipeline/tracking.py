@@ -16,13 +16,14 @@ import math
 import netrc
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from accelerate.tracking import GeneralTracker, TensorBoardTracker, on_main_process
 
 from pipeline.config import Config
-from pipeline.dashboard import WORST_K, custom_scalars_layout, markdown_table
+from pipeline.dashboard import RUN_METRICS, custom_scalars_layout, markdown_table
 from pipeline.files import write_text_atomically
 
 
@@ -90,7 +91,7 @@ class TensorBoard(TensorBoardTracker):
     (accelerate's own `add_hparams` call writes a second run, named by a timestamp, with no metrics attached.)"""
 
     def __init__(self, run_name: str, logging_dir: str | os.PathLike, layout: dict[str, Any],
-                 hparam_metrics: list[str]):
+                 hparam_metrics: Sequence[str]):
         super().__init__(run_name, logging_dir)
         self.layout = layout
         self.hparam_metrics = hparam_metrics
@@ -118,7 +119,7 @@ def tracker_setup(cfg: Config, run_dir: Path) -> list[Any]:
     """`log_with` for `Accelerator(log_with=...)`; `tracker_init_kwargs` completes them once the mixture is known."""
     log_with: list[Any] = [JSONLTracker(cfg.run.name, run_dir)]
     if "tensorboard" in cfg.log.trackers:
-        log_with.append(TensorBoard(cfg.run.name, run_dir / "tensorboard" / cfg.run.name, {}, HPARAM_METRICS))
+        log_with.append(TensorBoard(cfg.run.name, run_dir / "tensorboard" / cfg.run.name, {}, RUN_METRICS))
     if "wandb" in cfg.log.trackers:
         if not wandb_has_api_key() and not os.environ.get("WANDB_MODE"):
             os.environ["WANDB_MODE"] = "offline"  # sync later with `wandb sync <run>/wandb/offline-run-*`
@@ -138,12 +139,6 @@ def tracker_init_kwargs(accelerator: Any, cfg: Config, run_dir: Path, mixture: s
     model = Path(cfg.model.name).name or cfg.model.name
     return {"wandb": {"dir": str(run_dir), "name": cfg.run.name, "group": mixture, "job_type": "train",
                       "tags": [f"mixture:{mixture}"[:64], f"model:{model}"[:64], f"tasks:{len(trained)}"]}}
-
-
-HPARAM_METRICS = ["aggregate/score_trained", "aggregate/score_held_out", "aggregate/loss_trained",
-                  "aggregate/loss_held_out", "aggregate/tasks_below_base", f"aggregate/worst{WORST_K}_delta",
-                  "batch/loss"]
-"""The metrics a run is judged by: the HParams tab's columns, and wandb summaries."""
 
 
 def describe_metrics(accelerator: Any) -> None:

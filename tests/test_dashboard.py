@@ -3,7 +3,6 @@ offline run (per-task scores at every evaluation, aggregates, target and realize
 with its hparams and layout), the aggregates computed by hand, and the report at many tasks."""
 
 import json
-import math
 import struct
 
 import pytest
@@ -179,8 +178,7 @@ def test_report_of_a_thousand_tasks_shows_the_spread_and_both_ends(tmp_path):
     text = write_run_report(run_dir).read_text()
     table = text.split("## Scores per task")[1]
     assert table.count("| task | metric |") == 1 and 10 <= table.count("\n| task0") <= 12
-    assert "scores.csv" in table and math.isclose(len((run_dir / "report" / "scores.csv").read_text().splitlines()),
-                                                  1001)
+    assert "scores.csv" in table and len((run_dir / "report" / "scores.csv").read_text().splitlines()) == 1001
     assert {p.name for p in (run_dir / "report").glob("*.png")} >= {"score_changes.png", "validation_loss.png",
                                                                       "mixture_shares.png", "task_scores.png"}
     assert len(text) < 20_000

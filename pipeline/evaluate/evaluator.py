@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,17 +127,11 @@ class Evaluator:
         losses = self.validation_losses(accelerator, model, per_task=per_task)
         generating = [n for n in rows if any(m not in MODEL_METRICS for m in self.tasks[n].metrics)]
         ranking = [n for n in rows if "rank_classification" in self.tasks[n].metrics and all(r.choices for r in rows[n])]
-        by_length: dict[int, list[tuple[str, int]]] = {}
-        for name in generating:
-            by_length.setdefault(self.answer_length(rows[name]), []).extend((name, i) for i in range(len(rows[name])))
         bar = tqdm(total=sum(len(rows[n]) for n in generating + ranking), desc="evaluate", unit="example",
                    disable=not (progress and accelerator.is_local_main_process))
-        predictions: dict[str, list[str]] = {name: [""] * len(rows[name]) for name in generating}
-        for length, members in sorted(by_length.items()):
-            outputs = self.generate(accelerator, model, [rows[n][i].input for n, i in members], max_new_tokens=length)
-            for (name, i), text in zip(members, outputs, strict=True):
-                predictions[name][i] = text
-            bar.update(len(members))
+        generated = self.generate_rows(accelerator, model, rows, [(n, i) for n in generating for i in range(len(rows[n]))],
+                                       bar)
+        predictions = {name: [generated[(name, i)] for i in range(len(rows[name]))] for name in generating}
         ranked = self.rank_classification(accelerator, model, {name: rows[name] for name in ranking})
         bar.update(sum(len(rows[n]) for n in ranking))
         bar.close()
@@ -227,6 +221,23 @@ class Evaluator:
             write_json_atomically(path, results)
         return results
 
+    def generate_rows(self, accelerator: Any, model: Any, rows: Mapping[str, Sequence[RenderedExample]],
+                      wanted: Sequence[tuple[str, int]], bar: tqdm | None = None) -> dict[tuple[str, int], str]:
+        """Generations of `rows[task][i]` for each (task, i) in `wanted`, each up to its task's answer length
+        (`answer_length` of `rows[task]`): rows of one length share batches, whatever their task, and every
+        process makes the same calls. `bar` counts the rows done."""
+        lengths = {task: self.answer_length(rows[task]) for task in dict.fromkeys(task for task, _ in wanted)}
+        by_length: dict[int, list[tuple[str, int]]] = {}
+        for task, i in wanted:
+            by_length.setdefault(lengths[task], []).append((task, i))
+        outputs: dict[tuple[str, int], str] = {}
+        for length, members in sorted(by_length.items()):
+            texts = self.generate(accelerator, model, [rows[task][i].input for task, i in members], max_new_tokens=length)
+            outputs.update(zip(members, texts, strict=True))
+            if bar is not None:
+                bar.update(len(members))
+        return outputs
+
     @torch.no_grad()
     def generate(self, accelerator: Any, model: Any, inputs: Sequence[str], max_new_tokens: int | None = None
                  ) -> list[str]:
@@ -254,14 +265,7 @@ class Evaluator:
         picked = [(task, i) for task in chosen for i in range(min(self.settings.samples, len(self.rows[task])))]
         known = {(task, i): text for task, result in (scored or {}).items()
                  for i, text in enumerate(result.get("predictions", []))}
-        by_length: dict[int, list[tuple[str, int]]] = {}
-        for task, i in picked:
-            if (task, i) not in known:  # generated as `scores` would: up to the task's answer length
-                by_length.setdefault(self.answer_length(self.rows[task]), []).append((task, i))
-        for length, missing in sorted(by_length.items()):
-            outputs = self.generate(accelerator, model, [self.rows[task][i].input for task, i in missing],
-                                    max_new_tokens=length)
-            known.update(zip(missing, outputs, strict=True))
+        known.update(self.generate_rows(accelerator, model, self.rows, [key for key in picked if key not in known]))
         samples = []
         for task, i in picked:
             row, prediction = self.rows[task][i], known[(task, i)]

@@ -113,7 +113,8 @@ def train(cfg: Config) -> dict[str, Any]:
         base = evaluator.cached_scores(accelerator, model, weights_fingerprint(inner_model(model)))
         if accelerator.is_main_process:
             write_json_atomically(base_path, {"model": cfg.model.name, "tasks": base})
-        state.first_validation = log_evaluation(accelerator, evaluator, model, state.step, held_out, base, scored=base)
+        log_evaluation(accelerator, evaluator, model, state.step, held_out, base, scored=base)
+        state.first_validation = {task: result["loss"] for task, result in base.items()}
     else:  # resumed: the base scores this run wrote at step 0 (only the main process logs what they give)
         base = json.loads(base_path.read_text())["tasks"] if base_path.exists() else {}
 
@@ -156,14 +157,14 @@ def train(cfg: Config) -> dict[str, Any]:
         finish(accelerator)
         return {"step": state.step, "stopped": stop.name}
     scores = save_scores(accelerator, evaluator, model, run_dir / "eval" / "validation.json", cfg, base=base_path)
-    final_validation = log_evaluation(accelerator, evaluator, model, state.step, held_out, base,
-                                      scored=scores["tasks"])
+    logged = log_evaluation(accelerator, evaluator, model, state.step, held_out, base, scored=scores["tasks"])
     if not (cfg.train.save_every and state.step % cfg.train.save_every == 0):  # else the loop just saved it
         save(accelerator, run_dir, cfg, state, steps)
     save_final_model(accelerator, model, tokenizer, run_dir)
+    final_validation = {task: result["loss"] for task, result in scores["tasks"].items()}
     summary = _summary(state, final_validation, run_dir, window.session_data_share(accelerator))
-    summary.update({key.removeprefix("aggregate/"): value for key, value
-                    in evaluation_values(scores["tasks"], held_out, base).items() if key.startswith("aggregate/")})
+    summary.update({key.removeprefix("aggregate/"): value for key, value in logged.items()
+                    if key.startswith("aggregate/")})
     log_summary(accelerator, run_dir, summary)
     del model, optimizer, scheduler  # before the process group goes: see `finish`
     finish(accelerator)
@@ -206,7 +207,7 @@ def log_evaluation(accelerator: Accelerator, evaluator: Evaluator, model: Any, s
                    base: dict[str, Any], scored: dict[str, Any] | None = None) -> dict[str, float]:
     """Every task's scores and validation loss (`eval/<task>/...`, `held_out/<task>/...`), the aggregates over
     tasks against the base model's scores (`aggregate/...`), and sample generations, logged with the seconds they
-    took (`time/eval_seconds`); returns task -> loss. Scores already computed (the base model's at step 0, the
+    took (`time/eval_seconds`); returns the values logged. Scores already computed (the base model's at step 0, the
     final ones) are logged as they are; evaluations during training score each task's first
     ⌈eval.periodic_examples / tasks⌉ rows (all of them when it is 0), so their cost is bounded at any number of
     tasks. Collective: every process calls it."""
@@ -222,7 +223,7 @@ def log_evaluation(accelerator: Accelerator, evaluator: Evaluator, model: Any, s
     values["time/eval_seconds"] = time.perf_counter() - started
     accelerator.log(values, step=step)
     log_samples(accelerator, samples, step)
-    return {task: result["loss"] for task, result in scored.items()}
+    return values
 
 
 def save_scores(accelerator: Accelerator, evaluator: Evaluator, model: Any, path: Path, cfg: Config,
