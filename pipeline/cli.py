@@ -21,7 +21,7 @@ from pipeline.evaluate.results import format_scores
 from pipeline.files import check_output_file, write_json_atomically
 from pipeline.forgetting import DEFAULT_SEQUENCE, run_experiment, write_report
 from pipeline.importers.benchmark_fetch import fetch_benchmarks, format_fetch_report
-from pipeline.importers.promptsource import import_promptsource
+from pipeline.importers.promptsource import import_promptsource, summary_table
 from pipeline.lint import lint_paths
 from pipeline.mixing.report import format_mixture_report, mixture_report_json
 from pipeline.mixing.sampler import MixtureSampler
@@ -175,8 +175,12 @@ def cmd_benchmarks(args: argparse.Namespace) -> None:
 
 
 def cmd_import_promptsource(args: argparse.Namespace) -> None:
-    written = import_promptsource(Path(args.file), out_dir=Path(args.out), task_name=args.task, force=args.force)
-    print(f"wrote {written}: check it with `flanpipe lint {written}`")
+    imported = import_promptsource(Path(args.file), out_dir=Path(args.out), task_name=args.task, force=args.force)
+    print(summary_table(imported))
+    written = [result.folder for result in imported if result.folder]
+    where = written[0] if len(written) == 1 else args.out
+    print(f"wrote {len(written)} task folder{'s' * (len(written) != 1)} under {args.out}: check with "
+          f"`flanpipe lint {where}`")
 
 
 def cmd_mixture(args: argparse.Namespace) -> None:
@@ -284,9 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     benchmarks.add_argument("--force", action="store_true", help="rewrite the task folders from the downloads")
 
     ps = command("import-promptsource", cmd_import_promptsource,
-                 "convert a promptsource templates.yaml into a flanpipe task folder")
-    ps.add_argument("file", help="a promptsource templates.yaml")
-    ps.add_argument("--task", help="task folder name (default: from the dataset name)")
+                 "convert promptsource templates into flanpipe task folders (one file, a folder, or its sdist)")
+    ps.add_argument("file", help="a promptsource templates.yaml, a folder of them, or promptsource's sdist .tar.gz")
+    ps.add_argument("--task", help="task folder name for a single file (default: <dataset>_<subset>)")
     ps.add_argument("--out", default="templates", help="folder to write the task folder into (default templates/)")
     ps.add_argument("--force", action="store_true", help="overwrite an existing task folder")
 

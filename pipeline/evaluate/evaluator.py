@@ -42,7 +42,9 @@ SCORES_FORMAT = 2  # bump when `Evaluator.scores` returns other fields (2: per-t
 
 def evaluation_rows(task: Task, split: str, data: DataConfig, seed: int, limit: int | None,
                     variant: Variant = ZERO_SHOT) -> list[RenderedExample]:
-    """Rows of a split, one forward template per example (rotating over the templates)."""
+    """Rows of a split, one forward template per example (rotating over the templates). Where a promptsource-style
+    example makes no pair under its template, the next template that does stands in; an example none renders
+    is left out (as P3 left such examples out)."""
     templates = [t.name for t in task.forward_templates]
     rendered = render_split(
         task, split, cache_dir=data.cache_path(), seed=seed, templates=templates, variant=variant,
@@ -50,7 +52,11 @@ def evaluation_rows(task: Task, split: str, data: DataConfig, seed: int, limit: 
         max_bad_fraction=data.max_bad_row_fraction, limit=limit or None,
     )
     count = len(templates)
-    picks = [i * count + i % count for i in range(len(rendered) // count)]
+    dropped = rendered["dropped"]
+    picks = []
+    for i in range(len(rendered) // count):
+        turns = (i * count + (i + turn) % count for turn in range(count))
+        picks += [row for row in turns if not dropped[row]][:1]
     return [
         RenderedExample(row["task"], row["template"], row["index"], row["input"], row["target"], tuple(row["choices"]))
         for row in rendered.select(picks)
@@ -126,27 +132,38 @@ class Evaluator:
         rows = {name: task_rows[:per_task] for name, task_rows in self.rows.items()}
         losses = self.validation_losses(accelerator, model, per_task=per_task)
         generating = [n for n in rows if any(m not in MODEL_METRICS for m in self.tasks[n].metrics)]
-        ranking = [n for n in rows if "rank_classification" in self.tasks[n].metrics and all(r.choices for r in rows[n])]
+        ranked_rows = {n: [r for r in rows[n] if self.scored_by(n, r, "rank_classification") and r.target in r.choices]
+                       for n in rows if "rank_classification" in self.tasks[n].metrics}
+        ranked_rows = {n: task_rows for n, task_rows in ranked_rows.items() if task_rows}
+        ranking = list(ranked_rows)
         bar = tqdm(total=sum(len(rows[n]) for n in generating + ranking), desc="evaluate", unit="example",
                    disable=not (progress and accelerator.is_local_main_process))
         generated = self.generate_rows(accelerator, model, rows, [(n, i) for n in generating for i in range(len(rows[n]))],
                                        bar)
         predictions = {name: [generated[(name, i)] for i in range(len(rows[name]))] for name in generating}
-        ranked = self.rank_classification(accelerator, model, {name: rows[name] for name in ranking})
+        ranked = self.rank_classification(accelerator, model, ranked_rows)
         bar.update(sum(len(rows[n]) for n in ranking))
         bar.close()
         results = {}
         for name, task_rows in rows.items():
             task = self.tasks[name]
             metrics: dict[str, float] = {}
-            if name in predictions:
-                metrics.update(compute_metrics([m for m in task.metrics if m not in MODEL_METRICS], predictions[name],
-                                               [row.target for row in task_rows], normalize=task.normalize))
+            for metric in (m for m in task.metrics if m not in MODEL_METRICS and name in predictions):
+                scored = [i for i, row in enumerate(task_rows) if self.scored_by(name, row, metric)]
+                if scored:
+                    metrics.update(compute_metrics([metric], [predictions[name][i] for i in scored],
+                                                   [task_rows[i].target for i in scored], normalize=task.normalize))
             metrics.update(ranked.get(name, {}))
             results[name] = {"n": len(task_rows), "loss": losses[name], "metrics": metrics}
             if keep_predictions and name in predictions:
                 results[name]["predictions"] = predictions[name]
         return results
+
+    def scored_by(self, task: str, row: RenderedExample, metric: str) -> bool:
+        """Whether `metric` scores this row: every metric of the task scores it, unless its template names its own
+        (promptsource tags metrics per template)."""
+        template = self.tasks[task].templates[row.template]
+        return not template.metrics or metric in template.metrics
 
     def rank_classification(self, accelerator: Any, model: Any, rows: dict[str, Sequence[RenderedExample]]
                             ) -> dict[str, dict[str, float]]:

@@ -10,7 +10,8 @@ Variants are generated from the same template files:
 - input inversion: templates marked `inversion: true` (given the answer, produce the input).
 
 `render_split` runs `datasets.map` over a split and writes one row per (example, forward template), so row
-`index * num_templates + t` is example `index` under template `t`. Its cache key hashes everything that shaped
+`index * num_templates + t` is example `index` under template `t`; a promptsource-style example that makes no
+pair is kept as a row with empty input and target and its `dropped` reason, so the layout holds. Its cache key hashes everything that shaped
 the rows (task.yaml and templates, the source data's fingerprint, split, variant, seed, k, length), so a
 second run re-renders nothing and any change re-renders. Each cached rendering carries a manifest (sizes and
 checksums); one that no longer verifies is reported and rendered again.
@@ -32,13 +33,14 @@ from pipeline.errors import UserError
 from pipeline.files import content_hash, stable_seed, staged_folder, usable_cache
 from pipeline.tasks.splits import MAX_BAD_ROW_FRACTION, load_splits
 from pipeline.tasks.task import Task
-from pipeline.tasks.templates import Template, render_answer_choices
+from pipeline.tasks.templates import Dropped, Template, SeededRandom, render_answer_choices
 
 if TYPE_CHECKING:
     import datasets
 
-RENDER_FORMAT_VERSION = 1  # bump when the rendered rows change for the same inputs
+RENDER_FORMAT_VERSION = 2  # bump when the rendered rows change for the same inputs
 EXEMPLAR_SEPARATOR = "\n\n"
+ROW_FIELDS = ("task", "template", "index", "input", "target", "choices", "dropped")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
@@ -93,7 +95,7 @@ class ExemplarPool:
         key = (task.name, template.name, index, seed)
         if key not in self._shots:
             rendered = render_example(task, template, self.rows[index], index=index, seed=seed)
-            self._shots[key] = f"{rendered.input}\n{rendered.target}"
+            self._shots[key] = "" if rendered.dropped else f"{rendered.input}\n{rendered.target}"
         return self._shots[key]
 
 
@@ -105,6 +107,8 @@ class RenderedExample:
     input: str
     target: str
     choices: tuple[str, ...] = ()
+    dropped: str = ""
+    """Why a promptsource-style example makes no pair (input and target are then empty); "" when it does."""
 
 
 def render_example(
@@ -120,26 +124,35 @@ def render_example(
     max_input_length: int = 256,
     length_fn: Callable[[str], int] = approximate_length,
 ) -> RenderedExample:
-    """Render one example under one template and variant. All randomness is seeded per example."""
+    """Render one example under one template and variant. All randomness is seeded per example (one stream for
+    the answer choices, then the template)."""
     rng_key = f"{seed}/{task.name}/{template.name}/{index}"
-    choices = template.render_choices(example, rng_key=rng_key)
+    rng = SeededRandom(rng_key)
+    choices = template.render_choices(example, rng_key=rng_key, rng=rng)
     if choices is None and isinstance(task.answer_choices, str):
-        choices = render_answer_choices(task.answer_choices, example, rng_key=rng_key, path=str(task.yaml_path))
+        choices = render_answer_choices(task.answer_choices, example, rng_key=rng_key, path=str(task.yaml_path),
+                                        rng=rng)
     elif choices is None:
         choices = task.answer_choices
-    choices = list(choices or [])
+    promptsource = template.style == "promptsource"
     options = ""
-    if variant.options and choices:
+    if variant.options and choices and not (promptsource and template.lists_choices):
         listed = list(choices)
         if task.shuffle_options:
             random.Random(rng_key + "/options").shuffle(listed)
         options = options_block(listed)
-    prompt, target = template.render(example, rng_key=rng_key, answer_choices=choices, options=options)
+    try:
+        prompt, target = template.render(example, rng_key=rng_key, options=options, rng=rng,
+                                         answer_choices=choices if promptsource else list(choices or []))
+    except Dropped as dropped:
+        return RenderedExample(task.name, template.name, index, "", "", tuple(choices or ()), str(dropped))
+    choices = list(choices or [])
     if options and not template.places_options:
         prompt = f"{prompt}{EXEMPLAR_SEPARATOR}{options}"
     elif not options and template.places_options:
         prompt = _BLANK_LINES.sub("\n\n", prompt)  # the empty `{{ options }}` leaves a gap
-    if choices and not template.inversion and target not in choices:
+    # promptsource renders a target outside the choices (imdb's negation template); it is not scored by rank.
+    if choices and not template.inversion and not promptsource and target not in choices:
         raise UserError(
             f"{template.path}: example {index} of task {task.name!r}: target {target!r} is not one of "
             f"answer_choices {choices}; fix the template's target or the choices"
@@ -163,7 +176,7 @@ def _few_shot_prompt(
     rng = random.Random(f"{seed}/{task.name}/{template.name}/{index}/exemplars")
     candidates = rng.sample(range(len(exemplars)), min(len(exemplars), k + 1))
     chosen = [i for i in candidates if not (exemplars.same_split and i == index)][:k]
-    shots = [exemplars.shot(task, template, i, seed) for i in chosen]
+    shots = [shot for i in chosen if (shot := exemplars.shot(task, template, i, seed))]  # "": a dropped example
     while shots and length_fn(EXEMPLAR_SEPARATOR.join([*shots, prompt])) > max_input_length:
         shots.pop()
     return EXEMPLAR_SEPARATOR.join([*shots, prompt])
@@ -211,7 +224,7 @@ def render_split(
     pool = ExemplarPool(splits["train"].to_list(), same_split=split == "train") if variant.few_shot else None
 
     def render_batch(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        rows: dict[str, list] = {name: [] for name in ("task", "template", "index", "input", "target", "choices")}
+        rows: dict[str, list] = {name: [] for name in ROW_FIELDS}
         for offset, index in enumerate(indices):
             index = positions[index]  # the example's index in the whole split
             example = {column: values[offset] for column, values in batch.items()}
@@ -233,6 +246,7 @@ def render_split(
             "input": datasets.Value("string"),
             "target": datasets.Value("string"),
             "choices": datasets.Sequence(datasets.Value("string")),
+            "dropped": datasets.Value("string"),
         }
     )
     with _progress_bars(len(examples) * len(chosen) >= 20_000):  # long renders show progress, short ones stay quiet

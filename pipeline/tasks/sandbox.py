@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment, SecurityError
 
 MAX_TEXT = 1_000_000
 """Longest string (or list) any one operation may produce while rendering; a real prompt is a few thousand."""
@@ -71,8 +71,8 @@ def _check_arguments(name: str, args: tuple, kwargs: dict) -> None:
             raise RenderLimit("a format with a width or precision of a million or more")
 
 
-class LimitedSandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, with every operator, call and filter result held to the size limits."""
+class _Limits:
+    """Every operator, call and filter result of a Jinja sandbox held to the size limits (a mixin)."""
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
@@ -103,6 +103,16 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
         return limited
 
 
+class LimitedSandbox(_Limits, ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox with the limits: flanpipe's own templates, which never mutate anything."""
+
+
+class LocalSandbox(_Limits, SandboxedEnvironment):
+    """Jinja's sandbox with the limits, where templates may mutate lists and dicts (`{% set _ = xs.append(x) %}`,
+    promptsource's idiom). Attribute walks are refused as in the immutable one; the renderer hands such a
+    template copies of the example's containers, so every container it can mutate is its own."""
+
+
 def limited_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
     """A filter whose integer arguments and result are held to the size limits."""
 
@@ -116,7 +126,7 @@ def limited_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any
     return limited
 
 
-def limit_filters(environment: LimitedSandbox) -> None:
+def limit_filters(environment: _Limits) -> None:
     for name in _WIDTH_FILTERS:
         if name in environment.filters:
             environment.filters[name] = limited_filter(name, environment.filters[name])

@@ -20,7 +20,7 @@ from pipeline.builtin.sources import BUILTIN_SOURCES
 from pipeline.errors import UserError
 from pipeline.files import content_hash, read_yaml
 from pipeline.metrics import METRICS, NORMALIZERS
-from pipeline.tasks.templates import Template, load_template
+from pipeline.tasks.templates import STYLES, Template, load_template
 
 if TYPE_CHECKING:
     import datasets
@@ -40,6 +40,7 @@ TASK_KEYS = {
     "preprocess": "names of preprocessing steps, applied in order",
     "shuffle_options": "true: list the options in a seeded random order in the options variant",
     "normalize": "how predictions and targets are normalised for exact match and accuracy (see pipeline.metrics)",
+    "style": "flanpipe (default) or promptsource: templates with `|||` inline, rendered as promptsource renders them",
 }
 SOURCE_KINDS = ("path", "files", "builtin")
 FILE_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -102,6 +103,7 @@ class Task:
     preprocess: tuple[str, ...] = ()
     shuffle_options: bool = False
     normalize: str = "squad"
+    style: str = "flanpipe"
     yaml_text: str = ""
 
     @property
@@ -158,7 +160,10 @@ def load_task(folder: Path) -> Task:
     if unknown:
         raise UserError(f"{yaml_path}: unknown key {unknown[0]!r}; valid keys: {', '.join(TASK_KEYS)}")
     source = _check_source(spec.get("source"), yaml_path)
-    templates = {path.stem: load_template(path) for path in sorted(folder.glob("*.jinja"))}
+    style = spec.get("style", "flanpipe")
+    if style not in STYLES:
+        raise UserError(f"{yaml_path}: style: unknown template style {style!r}; valid: {', '.join(STYLES)}")
+    templates = {path.stem: load_template(path, style) for path in sorted(folder.glob("*.jinja"))}
     if not templates:
         raise UserError(f"{folder}: no templates; add at least one <name>.jinja file (input, a line '|||', target)")
     splits = _check_mapping(spec, "splits", yaml_path, {"train": "train"})
@@ -172,6 +177,11 @@ def load_task(folder: Path) -> Task:
     for metric in metrics:
         if metric not in METRICS:
             raise UserError(f"{yaml_path}: metrics: unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    for template in templates.values():
+        for metric in template.metrics:
+            if metric not in metrics:
+                raise UserError(f"{template.path}: metrics: {metric!r} is not one of the task's metrics "
+                                f"({', '.join(metrics) or 'none'}); add it to {yaml_path.name}'s metrics")
     preprocess = tuple(_check_list(spec, "preprocess", yaml_path))
     for step in preprocess:
         if step not in PREPROCESSORS:
@@ -208,6 +218,7 @@ def load_task(folder: Path) -> Task:
         preprocess=preprocess,
         shuffle_options=spec.get("shuffle_options", False),
         normalize=normalize,
+        style=style,
         yaml_text=text,
     )
 

@@ -24,6 +24,7 @@ from pipeline.config import DataConfig
 from pipeline.data.batcher import Batcher
 from pipeline.data.collate import example_lengths, length_grouped_batches
 from pipeline.data.tokenize import TruncationStats
+from pipeline.errors import UserError
 from pipeline.mixing.sampler import Draw, DrawBatch, MixtureSampler
 from pipeline.tasks.rendering import ExemplarPool, RenderedExample, Variant, render_example
 from pipeline.tasks.splits import load_split
@@ -48,6 +49,8 @@ class TrainingFeed:
         self.splits = {name: load_split(task, "train", data.cache_path(), data.split_seed, data.max_bad_row_fraction)
                        for name, task in self.tasks.items()}
         self.pools = {name: ExemplarPool(split, same_split=True) for name, split in self.splits.items()}
+        self.dropped = 0
+        """Draws whose example made no pair and took a stand-in (`_stand_in`), on this process."""
 
     def rows(self, draws: Sequence[Draw]) -> list[dict[str, Any]]:
         """The train rows of `draws`, read with one Arrow query per task (a query costs as much as ~30 rows)."""
@@ -62,14 +65,39 @@ class TrainingFeed:
         return rows
 
     def render(self, draws: Sequence[Draw]) -> list[RenderedExample]:
-        return [
-            render_example(
-                self.tasks[draw.task], self.tasks[draw.task].templates[draw.template], row, index=draw.example,
-                seed=self.seed, variant=Variant(few_shot=draw.few_shot, options=draw.options),
-                exemplars=self.pools[draw.task], k=self.data.few_shot_k, max_input_length=self.data.max_input_length,
-            )
-            for draw, row in zip(draws, self.rows(draws), strict=True)
-        ]
+        rendered = [self._render(draw, draw.template, draw.example, row)
+                    for draw, row in zip(draws, self.rows(draws), strict=True)]
+        for position, example in enumerate(rendered):
+            if example.dropped:
+                rendered[position] = self._stand_in(draws[position])
+        return rendered
+
+    def _render(self, draw: Draw, template: str, index: int, row: Mapping[str, Any]) -> RenderedExample:
+        task = self.tasks[draw.task]
+        return render_example(
+            task, task.templates[template], row, index=index, seed=self.seed,
+            variant=Variant(few_shot=draw.few_shot, options=draw.options), exemplars=self.pools[draw.task],
+            k=self.data.few_shot_k, max_input_length=self.data.max_input_length,
+        )
+
+    def _stand_in(self, draw: Draw) -> RenderedExample:
+        """A drawn promptsource-style example that makes no pair under its template (P3 dropped these): the same
+        example under the task's next template that makes one, else the next example's. A pure function of the
+        draw, so batches stay the same whatever the process count; counted in `dropped`."""
+        self.dropped += 1
+        task = self.tasks[draw.task]
+        names = [t.name for t in task.forward_templates]
+        split = self.splits[draw.task]
+        first = names.index(draw.template) if draw.template in names else 0
+        for offset in range(len(split)):
+            index = (draw.example + offset) % len(split)
+            row = split[index]
+            for turn in range(1 if offset == 0 else 0, len(names)):
+                rendered = self._render(draw, names[(first + turn) % len(names)], index, row)
+                if not rendered.dropped:
+                    return rendered
+        raise UserError(f"task {draw.task!r}: no example of its train split renders an input and a target under any "
+                        f"template; check its templates with `flanpipe render {draw.task}`")
 
     def micro_batches(self, features: Sequence[Mapping[str, Any]], accumulation_steps: int) -> list[dict[str, Any]]:
         """Tokenized features (this process's share of a global batch) as `accumulation_steps` collated
