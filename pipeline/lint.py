@@ -16,7 +16,7 @@ from pipeline.config import DataConfig
 from pipeline.errors import UserError
 from pipeline.mixing.tree import check_mixture_file
 from pipeline.tasks.rendering import VARIANTS, render_example
-from pipeline.tasks.splits import load_split
+from pipeline.tasks.splits import hub_offline, load_split
 from pipeline.tasks.task import Task, load_task
 from pipeline.tasks.templates import load_template
 
@@ -80,8 +80,14 @@ def lint_task(task: Task, data: DataConfig, seed: int = 0) -> list[str]:
         problems.append(f"{task.folder}: every template is an inversion; add at least one forward template")
     available, _ = task.available(data.cache_path())
     if not available:
-        return problems  # the data is not here: structure is checked, rows are not
-    rows = load_split(task, "train", data.cache_path(), data.split_seed, data.max_bad_row_fraction)
+        return problems  # the data is not here: the templates were checked statically when they loaded
+    try:
+        with hub_offline():  # a hub dataset is linted from the local cache; without it, statically as above
+            rows = load_split(task, "train", data.cache_path(), data.split_seed, data.max_bad_row_fraction)
+    except UserError as error:
+        if "path" in task.source and "OfflineModeIsEnabled" in str(error):
+            return problems
+        raise
     rows = rows.select(range(min(SAMPLE_ROWS, len(rows))))
     columns = set(rows.column_names)
     for template in task.templates.values():
@@ -96,6 +102,8 @@ def lint_task(task: Task, data: DataConfig, seed: int = 0) -> list[str]:
             try:
                 for variant in VARIANTS[:2]:  # zero-shot with and without options
                     rendered = render_example(task, template, example, index=index, seed=seed, variant=variant)
+                    if rendered.dropped:  # a promptsource-style example without a pair: dropped, as in P3
+                        break
                     if not rendered.input.strip() or not rendered.target.strip():
                         side = "input" if not rendered.input.strip() else "target"
                         problems.append(f"{template.path}: example {index} renders an empty {side}")

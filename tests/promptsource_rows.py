@@ -42,6 +42,8 @@ class Shape:
     contains: list[str] = field(default_factory=list)
     """Text the string must hold (`x.index("<")`)."""
     min_items: int = 0
+    indexed_only: bool = False
+    """Only `x[0]` says it is a list so far (a string would do as well)."""
     numeric: bool = False
     """A string that `| int` or `| float` reads as a number."""
 
@@ -50,18 +52,27 @@ class Shape:
         rank = {"": 0, "str": 1, "int": 2, "list": 3, "dict": 4}
         if rank[kind] > rank[self.kind] and not (self.kind == "dict" and kind == "list"):
             self.kind = kind
+        elif kind == "str" and self.kind == "list" and self.indexed_only:  # `x[-2]` then `x.split()`: a string
+            self.kind = "str"
+        self.indexed_only = self.indexed_only and kind == "list"
         return self
 
     def element(self) -> Shape:
         self.want("list")
+        self.indexed_only = False
         if self.item is None:
             self.item = Shape()
         return self.item
 
     def key(self, name: Any) -> Shape:
+        if isinstance(name, int) and self.kind == "str":  # a character
+            return Shape()
         if isinstance(name, int) and self.kind != "dict":
             self.min_items = max(self.min_items, name + 1 if name >= 0 else -name)
-            return self.element()
+            fresh = self.kind == ""
+            element = self.element()
+            self.indexed_only = fresh or self.indexed_only
+            return element
         self.want("dict")
         return self.keys.setdefault(name, Shape())
 
@@ -102,7 +113,11 @@ class _Inference:
                 return None
             if isinstance(node.arg, jinja2.nodes.Const):
                 return owner.key(node.arg.value)
-            if isinstance(node.arg, jinja2.nodes.Slice):  # strings and lists both slice
+            if isinstance(node.arg, jinja2.nodes.Slice):  # strings and lists both slice; the bounds are numbers
+                for bound in (node.arg.start, node.arg.stop, node.arg.step):
+                    shape = self.shape_of(bound) if bound is not None else None
+                    if shape is not None:
+                        shape.want("int")
                 return None
             index = self.shape_of(node.arg)
             if index is not None:

@@ -1,6 +1,7 @@
-"""promptsource import: the two unchanged promptsource files, plus format cases written from the format itself."""
+"""promptsource import: the two unchanged promptsource files, plus format and rendering cases written from the
+format and from promptsource's `Template.apply` (tests/test_promptsource_library.py checks all 2,085 templates)."""
 
-import re
+import json
 import textwrap
 from pathlib import Path
 
@@ -9,11 +10,9 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.errors import UserError
-from pipeline.importers.promptsource import import_promptsource, snake_case
-from pipeline.importers.promptsource_jinja import split_promptsource_jinja
-from pipeline.tasks.rendering import render_example
+from pipeline.importers.promptsource import import_promptsource, snake_case, summary_table
+from pipeline.tasks.rendering import ZERO_SHOT, Variant, render_example
 from pipeline.tasks.task import load_task
-from pipeline.tasks.templates import SEPARATOR
 
 FIXTURES = Path(__file__).parent / "fixtures" / "promptsource"  # copies of two promptsource files, unchanged
 AMAZON = FIXTURES / "amazon_polarity.templates.yaml"
@@ -43,18 +42,34 @@ def promptsource_file(tmp_path: Path, *templates: dict, top: str = "dataset: dem
     return path
 
 
-def render(task, template_name: str, example: dict, index: int = 0):
-    return render_example(task, task.templates[template_name], example, index=index, seed=0)
+def imported(path: Path, out: Path, **options):
+    """The one task folder a file became."""
+    (result,) = import_promptsource(path, out, **options)
+    return result.folder
+
+
+def one(tmp_path: Path, jinja: str, answer_choices=None, metadata=None):
+    """The task of a file holding one template, and the template's name."""
+    template = {"name": "T", "jinja": jinja, "answer_choices": answer_choices}
+    if metadata is not None:
+        template["metadata"] = metadata
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    folder = imported(promptsource_file(tmp_path, template), tmp_path / "out")
+    return load_task(folder) if folder else None
+
+
+def render(task, template_name: str, example: dict, index: int = 0, variant: Variant = ZERO_SHOT):
+    return render_example(task, task.templates[template_name], example, index=index, seed=0, variant=variant)
 
 
 # --- the two promptsource files -----------------------------------------------------------------------
 
 
 def test_amazon_polarity_imports_loads_and_renders(tmp_path):
-    folder = import_promptsource(AMAZON, tmp_path / "templates")
+    folder = imported(AMAZON, tmp_path / "templates")
     assert folder == tmp_path / "templates" / "amazon_polarity"
     task = load_task(folder)
-    assert task.source == {"path": "amazon_polarity"}
+    assert task.style == "promptsource" and task.source == {"path": "amazon_polarity"}
     assert task.splits == {"train": "train", "validation": "validation"}
     assert task.metrics == ("accuracy", "rank_classification")
     assert len(task.templates) == 9 and "is_this_review" in task.templates
@@ -69,11 +84,9 @@ def test_amazon_polarity_imports_loads_and_renders(tmp_path):
     assert (rendered.target, rendered.choices) == ("Positive", ("Negative", "Positive"))
     assert render(task, "is_this_review_negative", example).target == "No"  # answer_choices "Yes ||| No"
     assert render(task, "user_satisfied", {**example, "label": 0}).target == "dissatisfied"
-    satisfied = render(task, "user_satisfied", example).input
-    assert satisfied.startswith("Here is a review left by a customer on a product. Would you say he was satisfied or")
 
     template = task.templates["user_recommend_this_product"]
-    assert template.answer_choices == "No ||| Yes"
+    assert template.answer_choices == "No ||| Yes" and template.metrics == ("accuracy", "rank_classification")
     assert template.metadata["name"] == "User_recommend_this_product"
     assert template.metadata["id"] == "3a48f287-6a4b-4df0-ab2d-2eaf6cb8e53d"
     assert template.metadata["reference"].startswith("Reformulation equivalent to sent analysis")
@@ -82,49 +95,104 @@ def test_amazon_polarity_imports_loads_and_renders(tmp_path):
 
 
 def test_samsum_imports_loads_and_renders(tmp_path):
-    task = load_task(import_promptsource(SAMSUM, tmp_path))
+    task = load_task(imported(SAMSUM, tmp_path))
     assert task.source == {"path": "samsum"} and task.metrics == ("rouge",)
-    assert sorted(task.templates) == [
-        "generate_a_summary_for_this_dialogue",
-        "given_the_above_dialogue_write_a_summary",
-        "sum_up_the_following_dialogue",
-        "summarize",
-        "summarize_this_dialogue",
-        "to_sum_up_this_dialog",
-        "write_a_dialogue_that_match_this_summary",
-    ]
+    assert len(task.templates) == 7
     example = {"dialogue": DIALOGUE, "summary": "Amanda baked cookies and will share with Jerry."}
     summarize = render(task, "summarize", example)  # promptsource: 'Summarize: {{dialogue}}|||\n{{summary}}'
     assert (summarize.input, summarize.target) == (f"Summarize: {DIALOGUE}", example["summary"])
+    assert (tmp_path / "samsum" / "summarize.jinja").read_text().endswith("Summarize: {{dialogue}}|||\n{{summary}}")
     assert render(task, "to_sum_up_this_dialog", example).input == f"{DIALOGUE}\nTo sum up this dialog:"
-    assert render(task, "summarize_this_dialogue", example).choices == ()
-    inverse = task.templates["write_a_dialogue_that_match_this_summary"]
-    assert inverse.metadata["original_task"] is False and inverse.metadata["name"] == (
-        "Write a dialogue that match this summary"
-    )
     assert render(task, "write_a_dialogue_that_match_this_summary", example).target == DIALOGUE
-    assert task.templates["summarize_this_dialogue"].metadata["name"] == "Summarize this dialogue:"
 
 
-def test_cli_prints_the_task_folder(tmp_path, capsys):
+def test_cli_prints_the_summary(tmp_path, capsys):
     main(["import-promptsource", str(SAMSUM), "--out", str(tmp_path), "--task", "dialogue_summaries"])
-    assert str(tmp_path / "dialogue_summaries") in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| 1 | 7 | 7 | 0 | 1 |" in out and "flanpipe lint " + str(tmp_path / "dialogue_summaries") in out
     assert load_task(tmp_path / "dialogue_summaries").source == {"path": "samsum"}
 
 
+# --- rendering as promptsource's Template.apply ----------------------------------------------------------
+
+
+def test_one_pass_then_the_output_is_split(tmp_path):
+    """`|||` inside `{% if %}` branches (copa, trec): rendered once, the output split; no pair is dropped."""
+    jinja = "{{ premise }} {% if question == 'cause' %}Why? ||| {{ a }}{% else %}What next? ||| {{ b }}{% endif %}"
+    task = one(tmp_path, jinja)
+    assert (render(task, "t", {"premise": "P.", "question": "cause", "a": "A", "b": "B"}).input,
+            render(task, "t", {"premise": "P.", "question": "effect", "a": "A", "b": "B"}).target) == ("P. Why?", "B")
+
+
+def test_rows_without_a_pair_are_dropped_with_the_reason(tmp_path):
+    task = one(tmp_path, "{% if answers %}{{ q }} ||| {{ answers[0] }}{% endif %}")  # squad_v2's idiom
+    kept = render(task, "t", {"q": "Q?", "answers": ["A"]})
+    assert (kept.input, kept.target, kept.dropped) == ("Q?", "A", "")
+    dropped = render(task, "t", {"q": "Q?", "answers": []})
+    assert (dropped.input, dropped.target) == ("", "") and "1 parts" in dropped.dropped
+    assert "empty target" in render(one(tmp_path / "b", "{{ q }} ||| {{ a }}"), "t", {"q": "Q", "a": " "}).dropped
+
+
+def test_a_draw_used_on_both_sides_is_the_same_draw(tmp_path):
+    jinja = '{% set pick = ["x", "y", "z", "w"] | choice %}Say {{ pick }}. ||| {{ pick }}'
+    task = one(tmp_path, jinja)
+    draws = [render(task, "t", {}, index=i) for i in range(20)]
+    assert all(d.input == f"Say {d.target}." for d in draws) and len({d.target for d in draws}) > 1
+    assert draws == [render(task, "t", {}, index=i) for i in range(20)]  # seeded per (seed, task, template, index)
+
+
+def test_local_lists_may_be_mutated_and_underscore_names_set(tmp_path):
+    jinja = ("{% set _seen = [] %}{% for w in words %}{% if w not in _seen %}{{ _seen.append(w) or '' }}{% endif %}"
+             "{% endfor %}{% set d = {} %}{% set _ = d.update({'n': _seen | length}) %}{{ _seen | join(',') }} ||| "
+             "{{ d.n }}")
+    task = one(tmp_path, jinja)
+    words = ["a", "b", "a"]
+    rendered = render(task, "t", {"words": words})
+    assert (rendered.input, rendered.target) == ("a,b", "2") and words == ["a", "b", "a"]
+
+
+def test_attribute_walks_are_still_refused(tmp_path):
+    path = promptsource_file(tmp_path, {"name": "Walk", "jinja": "{{ q.__class__ }} ||| y"},
+                             {"name": "Key", "jinja": "{{ q['__class__'] }} ||| y"},
+                             {"name": "Rng", "jinja": "{{ __rng__ }} ||| y"}, {"name": "Fine", "jinja": "{{ q }} ||| y"})
+    (result,) = import_promptsource(path, tmp_path / "walk")
+    assert list(result.templates) == ["fine"]
+    assert [name for name, _ in result.skipped] == ["Walk", "Key", "Rng"]
+    assert all("refused" in why for _, why in result.skipped)
+    task = one(tmp_path, "{{ q.upper.__self__ if false else q.mro }} ||| y")  # refused when the file is read
+    assert task is None
+
+
+def test_promptsource_semantics_missing_fields_truncation_escaping_and_choices(tmp_path):
+    task = one(tmp_path, "{{ text }} {{ missing }}{{ items[5] }}. ||| {{ answer_choices[label] }}",
+               answer_choices="no ||| yes")
+    long = "word " * 600
+    rendered = render(task, "t", {"text": long, "items": [], "label": 1})
+    assert rendered.input.startswith("word word") and rendered.input.endswith("... .")  # truncate(2048) adds '...'
+    assert len(rendered.input) <= 2048 + 2 and rendered.target == "yes"
+    assert render(task, "t", {"text": "x", "items": [], "label": 3}).dropped == "renders an empty target"
+    piped = render(task, "t", {"text": "a ||| b", "items": [], "label": 1})
+    assert (piped.input, piped.target) == ("a ||| b .", "yes")  # a `|||` in the data does not split
+
+
+def test_a_target_outside_the_answer_choices_renders(tmp_path):
+    """imdb's negation template: promptsource renders it; rank classification leaves such rows out."""
+    task = one(tmp_path, "{{ t }} ||| {{ answer_choices[1 - label] }} not", answer_choices="bad ||| good")
+    rendered = render(task, "t", {"t": "Fine film.", "label": 1})
+    assert (rendered.target, rendered.choices) == ("bad not", ("bad", "good"))
+
+
+def test_choices_in_prompt_keeps_the_options_variant_from_listing_them_again(tmp_path):
+    jinja = "{{ q }} Options: {{ answer_choices | join(', ') }} ||| {{ answer_choices[label] }}"
+    listed = one(tmp_path / "a", jinja, "no ||| yes", {"choices_in_prompt": True, "metrics": ["Accuracy"]})
+    unlisted = one(tmp_path / "b", "{{ q }} ||| {{ answer_choices[label] }}", "no ||| yes",
+                   {"choices_in_prompt": False, "metrics": ["Accuracy"]})
+    example = {"q": "Ok?", "label": 0}
+    assert render(listed, "t", example, variant=Variant(options=True)).input == "Ok? Options: no, yes"
+    assert render(unlisted, "t", example, variant=Variant(options=True)).input == "Ok?\n\nOPTIONS:\n- no\n- yes"
+
+
 # --- the format -----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "jinja",
-    ["Q: {{ q }}|||{{ a }}", "Q: {{ q }} ||| {{ a }}", "Q: {{ q }}|||\n{{ a }}", "Q: {{ q }}\n|||{{ a }}"],
-)
-def test_inline_separator_goes_on_its_own_line(tmp_path, jinja):
-    folder = import_promptsource(promptsource_file(tmp_path, {"name": "Ask", "jinja": jinja}), tmp_path / "out")
-    text = (folder / "ask.jinja").read_text()
-    assert text.endswith("Q: {{ q }}\n|||\n{{ a }}\n")
-    rendered = render(load_task(folder), "ask", {"q": "2+2?", "a": "4"})
-    assert (rendered.input, rendered.target) == ("Q: 2+2?", "4")
 
 
 def test_answer_choices_as_a_jinja_expression(tmp_path):
@@ -133,179 +201,142 @@ def test_answer_choices_as_a_jinja_expression(tmp_path):
         "answer_choices": '{{ colors | join(" ||| ") }}',
         "jinja": '{{ question }} Options: {{ answer_choices | join(", ") }}|||{{ answer_choices[label] }}',
     })
-    task = load_task(import_promptsource(path, tmp_path / "out"))
+    task = load_task(imported(path, tmp_path / "out"))
     assert task.templates["pick_a_color"].answer_choices == '{{ colors | join(" ||| ") }}'
     assert task.metrics == ("accuracy", "rank_classification")
     rendered = render(task, "pick_a_color", {"question": "Sky?", "colors": ["red", "blue"], "label": 1})
     assert (rendered.input, rendered.target, rendered.choices) == ("Sky? Options: red, blue", "blue", ("red", "blue"))
 
 
-def test_separator_inside_a_tag_is_not_the_split():
-    source = '{{ choices | join(" ||| ") }} {# a ||| b #}\nWhich? ||| {{ answer }}'
-    assert split_promptsource_jinja(source, "t") == ('{{ choices | join(" ||| ") }} {# a ||| b #}\nWhich?',
-                                                     "{{ answer }}")
-    assert split_promptsource_jinja('{{ {"a": "|||"}["a"] }} x ||| y', "t") == ('{{ {"a": "|||"}["a"] }} x', "y")
-
-
-@pytest.mark.parametrize(("jinja", "found"), [("A ||| B ||| C", 2), ("no separator here", 0)])
-def test_not_exactly_one_separator_is_refused_naming_the_template(tmp_path, jinja, found):
-    path = promptsource_file(tmp_path, {"name": "Fine", "jinja": "{{ x }} ||| {{ y }}"}, {"name": "Bad one", "jinja": jinja})
-    with pytest.raises(UserError, match=rf"templates.yaml: template 'Bad one': expected exactly one '\|\|\|'.*found {found}"):
-        import_promptsource(path, tmp_path / "out")
-    assert not (tmp_path / "out").exists()  # checked before anything is written
-
-
-def test_python_tags_are_refused_without_building_anything(tmp_path):
-    marker = tmp_path / "ran"
-    path = tmp_path / "templates.yaml"
-    path.write_text(f"dataset: demo\nsubset: !!python/object/apply:os.system ['touch {marker}']\ntemplates: {{}}\n")
-    with pytest.raises(UserError, match=r"templates.yaml: line 2: refused: .*python/object/apply:os.system"):
-        import_promptsource(path, tmp_path / "out")
-    assert not marker.exists()
-    path.write_text("dataset: demo\ntemplates:\n  x: !!python/object:pipeline.tasks.templates.Template {name: x}\n")
-    with pytest.raises(UserError, match=r"templates.yaml: line 3: refused: .*python/object:pipeline"):
-        import_promptsource(path, tmp_path / "out")
-
-
-def test_template_tag_must_tag_a_mapping(tmp_path):
-    path = tmp_path / "templates.yaml"
-    path.write_text("dataset: demo\ntemplates:\n  x: !Template just a string\n")
-    with pytest.raises(UserError, match=r"templates.yaml: line 3: refused: !Template must tag a mapping"):
-        import_promptsource(path, tmp_path / "out")
-
-
-def test_duplicate_names_get_unique_slugs(tmp_path):
-    names = ["Summarize:", "Summarize", "summarize!", "…Task", "什么"]
-    path = promptsource_file(tmp_path, *({"name": n, "jinja": f"{n} {{{{ x }}}} ||| {{{{ y }}}}"} for n in names))
-    task = load_task(import_promptsource(path, tmp_path / "out"))
-    slugs = ["summarize", "summarize_2", "summarize_3", "task_2", "template"]  # 'task' is kept for task.yaml's stem
-    assert sorted(task.templates) == sorted(slugs)
-    assert [task.templates[s].metadata["name"] for s in slugs] == names
-    assert snake_case("Zaid/coqa_expanded") == "zaid_coqa_expanded"
-
-
-def test_missing_dataset_key_is_an_error(tmp_path):
-    path = promptsource_file(tmp_path, {"name": "A", "jinja": "a ||| b"}, top="subset: rte\n")
-    with pytest.raises(UserError, match=r"templates.yaml: missing the top-level 'dataset:' key"):
-        import_promptsource(path, tmp_path / "out")
-
-
-def test_task_name_from_dataset_and_subset(tmp_path):
-    path = promptsource_file(tmp_path, {"name": "A", "jinja": "{{ x }} ||| {{ y }}"},
-                             top="dataset: Zaid/coqa_expanded\nsubset: v1.0\n")
-    folder = import_promptsource(path, tmp_path / "out")
-    assert folder.name == "zaid_coqa_expanded_v1_0"
-    assert load_task(folder).source == {"path": "Zaid/coqa_expanded", "name": "v1.0"}
-    assert import_promptsource(path, tmp_path / "out", task_name="coqa").name == "coqa"
-    with pytest.raises(UserError, match=r"--task '../coqa' is not a task folder name"):
-        import_promptsource(path, tmp_path / "out", task_name="../coqa")
-
-
-def test_existing_folder_is_kept_unless_forced(tmp_path):
-    path = promptsource_file(tmp_path, {"name": "First", "jinja": "{{ x }} ||| {{ y }}"})
-    out = tmp_path / "out"
-    folder = import_promptsource(path, out)
-    (folder / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match=r"out/demo: task folder already exists; pass --force"):
-        import_promptsource(path, out)
-    assert (folder / "notes.txt").exists()
-    path = promptsource_file(tmp_path, {"name": "Second", "jinja": "{{ x }} ||| {{ y }}"})
-    assert import_promptsource(path, out, force=True) == folder
-    assert sorted(p.name for p in folder.iterdir()) == ["second.jinja", "task.yaml"]
-    assert [p.name for p in out.iterdir()] == ["demo"]
-
-
-def test_metrics_mapping_and_skipped_names(tmp_path):
+def test_metrics_per_template_and_substitutes(tmp_path):
     path = promptsource_file(
         tmp_path,
         {"name": "A", "jinja": "{{ x }} ||| {{ y }}", "metadata": {"metrics": ["Squad", "Other"]}},
         {"name": "B", "jinja": "{{ x }} ||| {{ y }}", "metadata": {"metrics": ["BLEU", "Pearson Correlation"]}},
-        {"name": "C", "jinja": "{{ x }} ||| {{ y }}", "metadata": {"metrics": None}},
+        {"name": "C", "jinja": "{{ x }} ||| {{ y }}", "metadata": {"metrics": ["Other"]}},
+        {"name": "D", "jinja": "{{ x }} ||| {{ y }}", "answer_choices": "p ||| q", "metadata": {"metrics": ["AUC"]}},
     )
-    task = load_task(import_promptsource(path, tmp_path / "out"))
-    assert task.metrics == ("exact_match", "bleu")
-    assert "(skipped): Other, Pearson Correlation" in task.yaml_text
+    task = load_task(imported(path, tmp_path / "out"))
+    assert set(task.metrics) == {"exact_match", "bleu", "rouge", "rank_classification"}
+    assert [task.templates[n].metrics for n in "abcd"] == [
+        ("exact_match",), ("bleu",), ("rouge",), ("rank_classification",)]
+    assert "scored instead by: c (Other -> rouge); d (AUC -> rank_classification)" in task.yaml_text
 
 
-def test_if_block_around_the_separator_is_closed_and_reopened(tmp_path):
-    jinja = '{% if question == "effect" %}\n{{ premise }} What happened next? ||| {{ [choice1, choice2][label] }}\n{% endif %}'
-    path = promptsource_file(tmp_path, {"name": "Next", "jinja": jinja})
-    task = load_task(import_promptsource(path, tmp_path / "out"))
-    example = {"premise": "It rained.", "choice1": "Floods.", "choice2": "Drought.", "label": 0, "question": "effect"}
-    assert (render(task, "next", example).input, render(task, "next", example).target) == (
-        "It rained. What happened next?", "Floods.")
-    skipped = render(task, "next", {**example, "question": "cause"})  # promptsource renders nothing for these
-    assert (skipped.input, skipped.target) == ("", "")
+def test_python_tags_are_refused_without_building_anything(tmp_path):
+    path = tmp_path / "templates.yaml"
+    path.write_text("dataset: x\ntemplates:\n  a: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(UserError, match=r"refused: .*only promptsource's !Template"):
+        import_promptsource(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
-def test_variables_set_before_the_separator_are_replayed_in_the_target(tmp_path):
-    jinja = "{% set options = [a, b] %}{% set right = options[label] %}Pick: {{ options | join(' or ') }}|||{{ right }}"
-    path = promptsource_file(tmp_path, {"name": "Pick", "jinja": jinja})
-    task = load_task(import_promptsource(path, tmp_path / "out"))
-    rendered = render(task, "pick", {"a": "cat", "b": "dog", "label": 1})
-    assert (rendered.input, rendered.target) == ("Pick: cat or dog", "dog")
-
-
-def test_random_variable_read_on_both_sides_is_refused(tmp_path):
-    jinja = '{% set guess = ["A", "B"] | choice %}Is it {{ guess }}? ||| {{ "Yes" if guess == answer else "No" }}'
-    path = promptsource_file(tmp_path, {"name": "Guess", "jinja": jinja})
-    with pytest.raises(UserError, match=r"template 'Guess': the target reads guess, set before '\|\|\|', .*'choice'"):
+def test_template_tag_must_tag_a_mapping(tmp_path):
+    path = tmp_path / "templates.yaml"
+    path.write_text("dataset: x\ntemplates:\n  a: !Template 'text'\n")
+    with pytest.raises(UserError, match="must tag a mapping"):
         import_promptsource(path, tmp_path / "out")
 
 
-def test_separator_inside_a_for_loop_is_refused(tmp_path):
-    path = promptsource_file(tmp_path, {"name": "Loop", "jinja": "{% for x in xs %}{{ x }} ||| {{ x }}{% endfor %}"})
-    with pytest.raises(UserError, match=r"template 'Loop': '\|\|\|' sits inside a \{% for %\} block"):
+def test_duplicate_names_get_unique_slugs(tmp_path):
+    path = promptsource_file(tmp_path, {"name": "Ask", "jinja": "a ||| b"}, {"name": "ask", "jinja": "c ||| d"})
+    assert sorted(load_task(imported(path, tmp_path / "out")).templates) == ["ask", "ask_2"]
+
+
+def test_missing_dataset_key_is_an_error(tmp_path):
+    path = promptsource_file(tmp_path, {"name": "Ask", "jinja": "a ||| b"}, top="")
+    with pytest.raises(UserError, match="missing the top-level 'dataset:' key"):
         import_promptsource(path, tmp_path / "out")
 
 
-def test_choice_filter_is_seeded_per_example(tmp_path):
-    path = promptsource_file(tmp_path, {"name": "Any", "jinja": '{{ ["x", "y", "z", "w"] | choice }} {{ q }} ||| {{ a }}'})
-    task = load_task(import_promptsource(path, tmp_path / "out"))
-    draws = [render(task, "any", {"q": "?", "a": "!"}, index=i).input for i in range(20)]
-    assert draws == [render(task, "any", {"q": "?", "a": "!"}, index=i).input for i in range(20)]
-    assert len(set(draws)) > 1 and all(d[0] in "xyzw" for d in draws)
+def test_task_name_from_dataset_and_subset(tmp_path):
+    path = promptsource_file(tmp_path, {"name": "Ask", "jinja": "a ||| b"}, top="dataset: Zaid/coqa_expanded\n")
+    assert imported(path, tmp_path / "out").name == "zaid_coqa_expanded"
+    assert imported(path, tmp_path / "out", task_name="coqa").name == "coqa"
+    with pytest.raises(UserError, match="not a task folder name"):
+        import_promptsource(path, tmp_path / "out", task_name="../coqa")
 
 
-@pytest.mark.parametrize(
-    ("jinja", "helper"),
-    [("{{ x | frobnicate }} ||| y", "the filter 'frobnicate'"), ("{{ frobnicate(x) }} ||| y", "the function 'frobnicate()'"),
-     ("{% if x is frobnicated %}a{% endif %} ||| y", "the test 'frobnicated'")],
-)
-def test_helpers_our_environment_lacks_are_refused_at_import(tmp_path, jinja, helper):
-    path = promptsource_file(tmp_path, {"name": "Odd", "jinja": jinja})
-    with pytest.raises(UserError, match=rf"template 'Odd': uses {re.escape(helper)}, which flanpipe's template environment"):
-        import_promptsource(path, tmp_path / "out")
+def test_dataset_and_subset_come_from_the_folder_as_promptsource_reads_them(tmp_path):
+    """The keys inside the files are wrong in several promptsource files (snli's `subset: None`); the folder is
+    what promptsource itself uses, with `Zaid/` and `craffel/` as user namespaces."""
+    tree = tmp_path / "promptsource" / "templates"
+    for folder, top in [("snli", "dataset: snli\nsubset: None\n"), ("super_glue/rte", "dataset: super_glue\n"),
+                        ("Zaid/coqa_expanded", "dataset: coqa_expanded\n"), ("craffel/openai_lambada", "dataset: x\n")]:
+        (tree / folder).mkdir(parents=True)
+        promptsource_file(tree / folder, {"name": "Ask", "jinja": "{{ a }} ||| {{ b }}"}, top=top)
+    results = import_promptsource(tmp_path / "promptsource", tmp_path / "out")
+    assert {r.task: (r.dataset, r.subset) for r in results} == {
+        "snli": ("snli", None), "super_glue_rte": ("super_glue", "rte"),
+        "zaid_coqa_expanded": ("Zaid/coqa_expanded", None), "craffel_openai_lambada": ("craffel/openai_lambada", None)}
+    assert load_task(tmp_path / "out" / "super_glue_rte").source == {"path": "super_glue", "name": "rte"}
+    assert "| 4 | 4 | 4 | 0 | 4 |" in summary_table(results)
 
 
-def test_bad_jinja_and_sandbox_escapes_are_refused(tmp_path):
-    path = promptsource_file(tmp_path, {"name": "Broken", "jinja": "{{ x ||| y"})
-    with pytest.raises(UserError, match=r"template 'Broken': Jinja syntax error at line 1"):
-        import_promptsource(path, tmp_path / "out")
-    path = promptsource_file(tmp_path, {"name": "Escape", "jinja": "{{ x.__class__ }} ||| y"})
-    with pytest.raises(UserError, match=r"template 'Escape': refused: .*'__class__'"):
-        import_promptsource(path, tmp_path / "out")
+def test_a_template_that_cannot_render_is_skipped_with_its_reason(tmp_path):
+    path = promptsource_file(
+        tmp_path,
+        {"name": "Good", "jinja": "{{ x }} ||| {{ y }}"},
+        {"name": "No separator", "jinja": "{{ x }}"},
+        {"name": "Broken", "jinja": "{% if x %} ||| y"},
+        {"name": "Helper", "jinja": "{{ x | frobnicate }} ||| y"},
+        {"name": "Call", "jinja": "{{ enumerate(x) }} ||| y"},
+    )
+    (result,) = import_promptsource(path, tmp_path / "out")
+    assert list(result.templates) == ["good"]
+    reasons = dict(result.skipped)
+    assert "no '|||'" in reasons["No separator"] and "syntax error" in reasons["Broken"]
+    assert "the filter 'frobnicate'" in reasons["Helper"] and "the function 'enumerate()'" in reasons["Call"]
+    task = load_task(result.folder)
+    assert "# skipped template 'Helper': " in task.yaml_text and len(task.templates) == 1
+    assert "skipped: demo: 'Broken': " in summary_table([result])
 
 
-def test_written_files_round_trip_and_keep_the_separator_line(tmp_path):
-    path = promptsource_file(tmp_path, {"name": "Has ||| in: name", "jinja": "{{ x }} ||| {{ y }}",
-                                        "reference": "Perez et al. 2021"})
-    task = load_task(import_promptsource(path, tmp_path / "out"))
-    (template,) = task.templates.values()
-    assert template.name == "has_in_name" and template.metadata["name"] == "Has ||| in: name"
-    assert template.metadata["reference"] == "Perez et al. 2021"
-    assert (template.input_source, template.target_source) == ("{{ x }}", "{{ y }}")
-    assert f"\n{SEPARATOR}\n" in (tmp_path / "out" / "demo" / "has_in_name.jinja").read_text()
+def test_the_sdist_archive_is_read_without_unpacking(tmp_path):
+    import tarfile
+
+    source = promptsource_file(tmp_path, {"name": "Ask", "jinja": "{{ a }} ||| {{ b }}"})
+    archive = tmp_path / "promptsource-0.2.3.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname="promptsource-0.2.3/promptsource/templates/glue/mrpc/templates.yaml")
+        tar.add(SAMSUM, arcname="promptsource-0.2.3/promptsource/templates/samsum/templates.yaml")
+    results = import_promptsource(archive, tmp_path / "out")
+    assert [(r.task, r.dataset, r.subset) for r in results] == [("glue_mrpc", "glue", "mrpc"), ("samsum", "samsum", None)]
+    with pytest.raises(UserError, match="--task names one task; 2 files"):
+        import_promptsource(archive, tmp_path / "other", task_name="x")
 
 
-def test_what_cannot_round_trip_is_refused(tmp_path):
-    path = promptsource_file(tmp_path, {"name": "Closes #} the comment", "jinja": "{{ x }} ||| {{ y }}"})
-    with pytest.raises(UserError, match=r"template 'Closes #} the comment': does not survive conversion"):
-        import_promptsource(path, tmp_path / "out")
+def test_existing_folder_is_kept_unless_forced(tmp_path):
+    path = promptsource_file(tmp_path, {"name": "Ask", "jinja": "a ||| b"})
+    out = tmp_path / "out"
+    folder = imported(path, out)
+    (folder / "ask.jinja").write_text("{#\nmetadata: {name: Ask}\n#}\nedited ||| b")
+    with pytest.raises(UserError, match="already exists; pass --force"):
+        import_promptsource(path, out)
+    assert (folder / "ask.jinja").read_text().endswith("edited ||| b")
+    assert imported(path, out, force=True) == folder
+    assert (folder / "ask.jinja").read_text().endswith("a ||| b")
+
+
+def test_a_failed_write_leaves_the_old_folder_and_no_scratch(tmp_path, monkeypatch):
+    from pipeline.importers import promptsource
+
+    folder = imported(promptsource_file(tmp_path, {"name": "First", "jinja": "{{ x }} ||| {{ y }}"}), tmp_path / "out")
+
+    def refuse(folder):
+        raise UserError("simulated failure")
+
+    monkeypatch.setattr(promptsource, "load_task", refuse)
+    with pytest.raises(UserError, match="simulated failure"):
+        import_promptsource(promptsource_file(tmp_path, {"name": "Second", "jinja": "a ||| b"}), tmp_path / "out",
+                            force=True)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["demo"]
+    assert sorted(p.name for p in folder.iterdir()) == ["first.jinja", "task.yaml"]
 
 
 def test_older_promptsource_fields_are_accepted(tmp_path):
-    """Older promptsource files: answer_choices as a YAML list, extra keys (answer_choices_key, _do_eval, metric)."""
+    """Older promptsource files: answer_choices as a YAML list, extra keys (answer_choices_key, _do_eval, metric);
+    race's own `options` column is just data in a promptsource-style task."""
     path = tmp_path / "templates.yaml"
     path.write_text(textwrap.dedent("""\
         dataset: race
@@ -331,49 +362,90 @@ def test_older_promptsource_fields_are_accepted(tmp_path):
             name: Taking a test
             reference: ''
         """))
-    task = load_task(import_promptsource(path, tmp_path / "out"))
+    task = load_task(imported(path, tmp_path / "out"))
     assert task.name == "race_high" and task.source == {"path": "race", "name": "high"}
-    assert task.metrics == ("rank_classification",)
     template = task.templates["taking_a_test"]
     assert template.answer_choices == ["A", "B"] and template.metadata["_do_eval"] is True
-    # race's `options` column would be hidden by the renderer's own `options`: it is renamed on load.
-    assert task.fields == {"dataset_options": "options"}
-    assert template.input_source == "Article: {{article}}\nOptions: A: {{dataset_options.0}} B: {{dataset_options.1}}"
-    rendered = render(task, "taking_a_test", {"article": "Text.", "dataset_options": ["x", "y"], "answer": "B"})
+    rendered = render(task, "taking_a_test", {"article": "Text.", "options": ["x", "y"], "answer": "B"})
     assert (rendered.input, rendered.target) == ("Article: Text.\nOptions: A: x B: y", "B")
 
 
-def test_a_failed_write_leaves_the_old_folder_and_no_scratch(tmp_path, monkeypatch):
-    from pipeline.importers import promptsource
-
-    path = promptsource_file(tmp_path, {"name": "First", "jinja": "{{ x }} ||| {{ y }}"})
-    folder = import_promptsource(path, tmp_path / "out")
-
-    def refuse(folder):
-        raise UserError("simulated failure")
-
-    monkeypatch.setattr(promptsource, "load_task", refuse)
-    with pytest.raises(UserError, match="simulated failure"):
-        import_promptsource(promptsource_file(tmp_path, {"name": "Second", "jinja": "a ||| b"}), tmp_path / "out",
-                            force=True)
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["demo"]
-    assert sorted(p.name for p in folder.iterdir()) == ["first.jinja", "task.yaml"]
-
-
-def test_the_options_field_is_renamed_in_answer_choices_and_tags_only():
-    from pipeline.importers.promptsource import _rename_fields
-
-    source = '{% for o in options %}{{ x.options }} options "options" {{ "options" ~ o }}{% endfor %}'
-    assert _rename_fields(source, "t") == (
-        '{% for o in dataset_options %}{{ x.options }} options "options" {{ "options" ~ o }}{% endfor %}'
-    )
-    assert _rename_fields('{{ options | join(" ||| ") }}', "t") == '{{ dataset_options | join(" ||| ") }}'
-    assert _rename_fields("{% set options = [1] %}{{ options }}", "t") == "{% set options = [1] %}{{ options }}"
-
-
 def test_promptsource_helpers_zip_and_most_frequent(tmp_path):
-    """promptsource's `zip` global and `most_frequent` filter are provided by our environment."""
     jinja = "{% for q, a in zip(questions, answers) %}{{ q }}={{ a }} {% endfor %}||| {{ votes | most_frequent | first }}"
-    task = load_task(import_promptsource(promptsource_file(tmp_path, {"name": "Pairs", "jinja": jinja}), tmp_path / "o"))
-    rendered = render(task, "pairs", {"questions": ["a", "b"], "answers": [1, 2], "votes": ["x", "y", "y"]})
+    task = one(tmp_path, jinja)
+    rendered = render(task, "t", {"questions": ["a", "b"], "answers": [1, 2], "votes": ["x", "y", "y"]})
     assert (rendered.input, rendered.target) == ("a=1 b=2", "y")
+
+
+def test_snake_case():
+    assert snake_case("Summarize this dialogue:") == "summarize_this_dialogue"
+    assert snake_case("Zaid/coqa") == "zaid_coqa" and snake_case("Ünïcode dash") == "unicode_dash"
+
+
+# --- dropped examples in evaluation and training ---------------------------------------------------------
+
+
+def _local_task(tmp_path: Path) -> Path:
+    """A promptsource-style task on local rows where the `answer` template drops unanswerable rows (squad_v2)."""
+    path = promptsource_file(
+        tmp_path,
+        {"name": "Answer", "jinja": "{% if answers %}{{ q }} ||| {{ answers[0] }}{% endif %}",
+         "metadata": {"metrics": ["Squad"]}},
+        {"name": "Topic", "jinja": "{{ q }} Topic? ||| {{ topic }}", "metadata": {"metrics": ["Accuracy"]}},
+    )
+    folder = imported(path, tmp_path / "tasks")
+    rows = [{"q": f"Q{i}?", "answers": [f"A{i}"] if i % 2 else [], "topic": "t"} for i in range(40)]
+    (folder / "data.jsonl").write_text("".join(f"{json.dumps(row)}\n" for row in rows))
+    task_yaml = (folder / "task.yaml").read_text().replace("source: {path: demo}", "source: {files: data.jsonl}")
+    (folder / "task.yaml").write_text(task_yaml.replace("splits: {train: train, validation: validation}",
+                                                        "splits: {train: train}"))
+    return folder
+
+
+def test_evaluation_rows_take_the_next_template_where_one_drops(tmp_path):
+    from pipeline.config import DataConfig
+    from pipeline.evaluate.evaluator import evaluation_rows
+
+    task = load_task(_local_task(tmp_path))
+    data = DataConfig(cache_dir=str(tmp_path / "cache"))
+    rows = evaluation_rows(task, "train", data, seed=0, limit=None)
+    train = load_split_rows(task, data)
+    assert len(rows) == len(train) and all(row.input and row.target for row in rows)
+    assert all(train[row.index]["answers"] for row in rows if row.template == "answer")
+    # rows rotate over the templates; an unanswerable example whose turn is `answer` gets `topic` instead
+    assert sum(row.template == "topic" for row in rows) > len(rows) // 2
+
+
+def load_split_rows(task, data):
+    from pipeline.tasks.splits import load_split
+
+    return load_split(task, "train", data.cache_path(), data.split_seed)
+
+
+def test_the_training_feed_gives_a_dropped_draw_a_stand_in(tmp_path):
+    from pipeline.config import DataConfig
+    from pipeline.mixing.sampler import Draw
+    from pipeline.train.feed import TrainingFeed
+
+    task = load_task(_local_task(tmp_path))
+    feed = TrainingFeed({task.name: task}, [task.name], None, DataConfig(cache_dir=str(tmp_path / "cache")), seed=0)
+    train = load_split_rows(task, feed.data)
+    empty = next(i for i in range(len(train)) if not train[i]["answers"])
+    draws = [Draw(task.name, empty, "answer", False, False, False), Draw(task.name, empty, "topic", False, False, False)]
+    stand_in, topic = feed.render(draws)
+    assert stand_in == topic and stand_in.template == "topic" and feed.dropped == 1
+    assert feed.render(draws) == [stand_in, topic]  # a pure function of the draw
+
+
+def test_each_template_is_scored_by_its_own_metrics(tmp_path):
+    from pipeline.evaluate.evaluator import Evaluator
+    from pipeline.tasks.rendering import RenderedExample
+
+    task = load_task(_local_task(tmp_path))
+    assert set(task.metrics) == {"exact_match", "accuracy"}
+    evaluator = Evaluator.__new__(Evaluator)
+    evaluator.tasks = {task.name: task}
+    answer = RenderedExample(task.name, "answer", 1, "Q1?", "A1")
+    topic = RenderedExample(task.name, "topic", 2, "Q2? Topic?", "t")
+    assert [evaluator.scored_by(task.name, row, "exact_match") for row in (answer, topic)] == [True, False]
+    assert [evaluator.scored_by(task.name, row, "accuracy") for row in (answer, topic)] == [False, True]

@@ -33,7 +33,7 @@ from pipeline.errors import UserError
 from pipeline.files import content_hash, stable_seed, staged_folder, usable_cache
 from pipeline.tasks.splits import MAX_BAD_ROW_FRACTION, load_splits
 from pipeline.tasks.task import Task
-from pipeline.tasks.templates import Dropped, Template, SeededRandom, render_answer_choices
+from pipeline.tasks.templates import Dropped, SeededRandom, Template, render_answer_choices
 
 if TYPE_CHECKING:
     import datasets

@@ -97,6 +97,22 @@ def _no_network() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Hub datasets load from the local cache only, failing at once when they are not there: for commands that only
+    look (`lint`, `tasks`), which must not wait through the hub client's retries where there is no network
+    (24.5 s per task measured here). `HF_HUB_OFFLINE=1` does the same for a whole process."""
+    import huggingface_hub.constants
+    from datasets import config
+
+    saved = config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
+    config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
+
+
+@contextlib.contextmanager
 def _quiet_logger(name: str) -> Iterator[None]:
     logger = logging.getLogger(name)
     level = logger.level

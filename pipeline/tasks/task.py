@@ -20,7 +20,8 @@ from pipeline.builtin.sources import BUILTIN_SOURCES
 from pipeline.errors import UserError
 from pipeline.files import content_hash, read_yaml
 from pipeline.metrics import METRICS, NORMALIZERS
-from pipeline.tasks.templates import STYLES, Template, load_template
+from pipeline.tasks.environment import STYLES
+from pipeline.tasks.templates import Template, load_template
 
 if TYPE_CHECKING:
     import datasets

@@ -20,12 +20,9 @@ was built. Randomness (`choice`, `random`) is still seeded per example: one stre
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import functools
-import random
 import re
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -39,14 +36,18 @@ import yaml
 from jinja2.sandbox import SecurityError
 
 from pipeline.errors import UserError
-from pipeline.tasks.sandbox import LimitedSandbox, LocalSandbox, RenderLimit, limit_filters, time_limit
+from pipeline.tasks.environment import (
+    ENVIRONMENT,
+    PIPE_PROTECTOR,
+    PROMPTSOURCE_ENVIRONMENT,
+    SEPARATOR,
+    SeededRandom,
+    environment,
+    escape_pipes,
+    promptsource_source,
+)
+from pipeline.tasks.sandbox import RenderLimit, time_limit
 
-SEPARATOR = "|||"
-STYLES = ("flanpipe", "promptsource")
-PROMPTSOURCE_TRUNCATE = 2048
-"""promptsource truncates every `{{ }}` to this many characters (its TEXT_VAR_LENGTH)."""
-PIPE_PROTECTOR = "3ed2dface8203c4c9dfb1a5dc58e41e0"
-"""What promptsource writes in place of a `|||` inside the data while rendering (its `pipe_protector`)."""
 METADATA_KEYS = {
     "answer_choices": "answer choices for this template only: a list, or a Jinja string 'a ||| b' over the example",
     "inversion": "true for an input-inversion template (FLAN): given the answer, produce the input",
@@ -64,94 +65,6 @@ _UNSAFE_VARIABLE = re.compile(r"^__|^self$")  # a local `_name` is fine; `__rng_
 
 class Dropped(Exception):
     """A promptsource-style example that does not make a training pair (P3 dropped these); says why."""
-
-
-class SeededRandom:
-    """The per-example random source, created only when a template asks for randomness (most never do)."""
-
-    def __init__(self, key: str):
-        self.key = key
-        self._rng: random.Random | None = None
-
-    def get(self) -> random.Random:
-        if self._rng is None:
-            self._rng = random.Random(self.key)  # str seeds hash with sha512: stable across processes
-        return self._rng
-
-
-@jinja2.pass_context
-def _choice_filter(context: jinja2.runtime.Context, items: Sequence[Any]) -> Any:
-    """promptsource's `choice` filter, seeded per example instead of from the global random state."""
-    items = list(items)
-    if not items:
-        raise UserError("the choice filter got an empty list")
-    return context["__rng__"].get().choice(items)
-
-
-@jinja2.pass_context
-def _random_filter(context: jinja2.runtime.Context, items: Sequence[Any]) -> Any:
-    """Jinja's `random` filter (undefined for an empty list), seeded per example."""
-    items = list(items)
-    if not items:
-        return context.environment.undefined("No random item, sequence was empty.")
-    return context["__rng__"].get().choice(items)
-
-
-@jinja2.pass_context
-def _shuffle_filter(context: jinja2.runtime.Context, items: Sequence[Any]) -> list[Any]:
-    shuffled = list(items)
-    context["__rng__"].get().shuffle(shuffled)
-    return shuffled
-
-
-def _most_frequent(items: Sequence[Any]) -> list[Any]:
-    """promptsource's `most_frequent` filter: the items tied for the highest count, in first-seen order."""
-    counts = Counter(items).most_common()
-    return [item for item, count in counts if count == counts[0][1]]
-
-
-def _highlight(text: str) -> str:
-    """promptsource's `highlight` filter (its web app's colouring)."""
-    return "<span style='color: #F08080'>" + text + "</span>"
-
-
-def make_environment(style: str = "flanpipe") -> LimitedSandbox | LocalSandbox:
-    """The Jinja environment templates render in: sandboxed with limits on size and time (`pipeline.tasks.sandbox`),
-    no autoescaping (text, not HTML). flanpipe's own is strict and immutable; promptsource's renders a missing
-    field as '' and lets templates mutate their own lists, as promptsource's environment does."""
-    if style == "promptsource":
-        env = LocalSandbox(autoescape=False, keep_trailing_newline=False)
-        env.filters["highlight"] = _highlight
-    else:
-        env = LimitedSandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
-    limit_filters(env)
-    env.filters["choice"] = _choice_filter
-    env.filters["random"] = _random_filter  # Jinja's own `random` uses the global random state
-    env.filters["shuffle"] = _shuffle_filter
-    env.filters["most_frequent"] = _most_frequent
-    env.globals["zip"] = zip  # promptsource pairs lists: {% for q, a in zip(questions, answers) %}
-    return env
-
-
-ENVIRONMENT = make_environment()
-PROMPTSOURCE_ENVIRONMENT = make_environment("promptsource")
-
-
-def environment(style: str) -> LimitedSandbox | LocalSandbox:
-    return PROMPTSOURCE_ENVIRONMENT if style == "promptsource" else ENVIRONMENT
-
-
-def promptsource_source(jinja: str) -> str:
-    """The source promptsource compiles: every `}}` (wherever it is) becomes `| string | truncate(2048) }}`."""
-    return jinja.replace("}}", f" | string | truncate({PROMPTSOURCE_TRUNCATE}) }}}}")
-
-
-def _escape_pipes(example: Mapping[str, Any]) -> dict[str, Any]:
-    """promptsource's `_escape_pipe` on the example's own text fields, and a copy of its containers, so a template
-    that mutates a list mutates its own."""
-    return {key: value.replace(SEPARATOR, PIPE_PROTECTOR) if isinstance(value, str)
-            else copy.deepcopy(value) if isinstance(value, list | dict) else value
-            for key, value in example.items()}
 
 
 @dataclass(frozen=True)
@@ -239,7 +152,7 @@ class Template:
     def promptsource_parts(self, example: Mapping[str, Any], answer_choices: Sequence[str] | None,
                            rng: SeededRandom) -> list[str]:
         """What promptsource's `Template.apply` returns: the rendered text split at `|||`, each part stripped."""
-        context = _escape_pipes(example)
+        context = escape_pipes(example)
         context["answer_choices"] = None if answer_choices is None else list(answer_choices)
         context["__rng__"] = rng
         with _errors_named(self.path, "", example), time_limit():
@@ -262,7 +175,7 @@ def render_answer_choices(
         return spec
     template = _compile_choices(spec, path, style)
     promptsource = style == "promptsource"
-    context = _escape_pipes(example) if promptsource else {**example}
+    context = escape_pipes(example) if promptsource else {**example}
     context["__rng__"] = rng or SeededRandom(rng_key)
     with _errors_named(path, "answer_choices: ", example), time_limit():
         rendered = template.render(context)
@@ -318,7 +231,7 @@ def check_template_source(source: str, path: str, part: str, style: str = "flanp
     if missing:
         raise UserError(
             f"{path}: the {part} uses {missing}, which flanpipe's template environment does not provide "
-            "(see pipeline.tasks.templates.make_environment); edit the template or add the helper there"
+            "(see pipeline.tasks.environment.make_environment); edit the template or add the helper there"
         )
 
 

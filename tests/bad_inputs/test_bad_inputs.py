@@ -62,7 +62,7 @@ COMMANDS = [
     (["eval", "flanpipe/t5-tiny", "--limit", "-3"], "--limit must be at least 1"),
     (["eval", "flanpipe/t5-tiny", "--limit", "0"], "--limit must be at least 1"),
     (["lint", "no/such/path"], "no/such/path: no such file or folder"),
-    (["import-promptsource", "no/such/templates.yaml"], "cannot read promptsource file"),
+    (["import-promptsource", "no/such/templates.yaml"], "no such file or folder"),
 ]
 
 
