@@ -119,12 +119,13 @@ def compare_library(sdist: Path, work: Path) -> tuple[list[Outcome], int, int]:
 
 
 def compare_template(task: str, template: Any, reference: Any, rows: list[dict[str, Any]]) -> Outcome:
-    compared = 0
+    compared, refused = 0, ""
     for index, row in enumerate(rows):
         key = f"0/{task}/{template.name}/{index}"
         try:
             expected = theirs(reference, row, key)
-        except Exception:  # noqa: BLE001 - the synthetic row does not suit this template: try the next
+        except Exception as error:  # noqa: BLE001 - the synthetic row does not suit this template: try the next
+            refused = f"promptsource: {type(error).__name__}: {str(error)[:120]}"
             continue
         compared += 1
         try:
@@ -133,7 +134,7 @@ def compare_template(task: str, template: Any, reference: Any, rows: list[dict[s
             return Outcome(task, template.name, "error", str(error))
         if got != expected:
             return Outcome(task, template.name, "different", f"row {index}: ours {got!r}\ntheirs {expected!r}")
-    return Outcome(task, template.name, "identical" if compared else "no_row")
+    return Outcome(task, template.name, "identical" if compared else "no_row", refused if not compared else "")
 
 
 @pytest.fixture(scope="module")
@@ -151,11 +152,11 @@ def test_every_template_imports(library):
 def test_templates_render_as_promptsource_renders_them(library):
     outcomes, _, _ = library
     verdicts = Counter(outcome.verdict for outcome in outcomes)
-    rendered = len(outcomes) - verdicts["no_row"]
-    assert verdicts["no_row"] <= 0.01 * len(outcomes), verdicts
-    misses = [o for o in outcomes if o.verdict in ("different", "error")]
-    assert verdicts["identical"] >= TARGET * rendered, "\n\n".join(f"{o.file}/{o.template}: {o.detail}"
-                                                                   for o in misses[:10])
+    misses = [o for o in outcomes if o.verdict != "identical"]
+    # Measured: 2,070 identical, 0 different, 0 errors; on 15 templates promptsource itself fails on every row
+    # tests/promptsource_rows.py builds (e.g. quac's dialogue turns), so they are not compared.
+    assert verdicts["identical"] >= TARGET * len(outcomes), (verdicts, "\n\n".join(
+        f"{o.verdict}: {o.file}/{o.template}: {o.detail}" for o in misses[:10]))
 
 
 def main() -> None:

@@ -96,3 +96,31 @@ def test_the_limits_leave_ordinary_templates_alone():
                               name="fine")
     expected = f"ababab {2 ** 64} {'ab'.center(20)} {'%5s' % 'x'}"  # noqa: UP031 (the template's own % format)
     assert template.render({"text": "ab"}, rng_key="k")[0] == expected
+
+
+PROMPTSOURCE_ALLOWED = {"list mutation", "dict mutation"}  # promptsource's idiom: templates build their own lists
+
+
+@pytest.mark.parametrize("escape", sorted(set(ESCAPES) - PROMPTSOURCE_ALLOWED))
+def test_a_sandbox_escape_is_refused_in_promptsource_style_too(escape):
+    """promptsource's environment renders a missing name as '' instead of failing; an escape still gets nothing:
+    refused naming the template, or rendered as nothing at all."""
+    from pipeline.tasks.templates import Dropped
+
+    try:
+        template = parse_template(ESCAPES[escape] + " ||| x", name="escape", path="templates/t/escape.jinja",
+                                  style="promptsource")
+        template.render({"text": "hello"}, rng_key="k")
+    except UserError as error:
+        assert "templates/t/escape.jinja: " in str(error)
+    except Dropped as dropped:  # `{{ config }}` & co.: undefined, so an empty input
+        assert str(dropped) == "renders an empty input"
+    else:
+        pytest.fail("rendered")
+
+
+def test_promptsource_style_mutates_only_its_own_copies():
+    template = parse_template("{% set _ = items.append('z') %}{% set l = [1] %}{{ l.append(2) or l }} {{ items }} ||| x",
+                              name="t", style="promptsource")
+    items = ["a"]
+    assert template.render({"items": items}, rng_key="k")[0] == "[1, 2] ['a', 'z']" and items == ["a"]
