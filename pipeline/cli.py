@@ -137,6 +137,9 @@ def cmd_render(args: argparse.Namespace) -> None:
             )
             kind = "inversion" if template.inversion else variant.name
             print(f"── {task.name} · {args.split}[{index}] · {template.name} · {kind} " + "─" * 20)
+            if rendered.dropped:
+                print(f"(dropped: {rendered.dropped}; training and evaluation take the next template's pair)\n")
+                continue
             if tokenizer is None:
                 print(rendered.input)
                 print(f"→ {rendered.target}")
