@@ -449,3 +449,9 @@ def test_each_template_is_scored_by_its_own_metrics(tmp_path):
     topic = RenderedExample(task.name, "topic", 2, "Q2? Topic?", "t")
     assert [evaluator.scored_by(task.name, row, "exact_match") for row in (answer, topic)] == [True, False]
     assert [evaluator.scored_by(task.name, row, "accuracy") for row in (answer, topic)] == [False, True]
+
+
+def test_promptsource_highlight_filter(tmp_path):
+    task = one(tmp_path, "{{ a | highlight }} ||| {{ b }}")
+    assert task.templates["t"].variables == {"a", "b"}
+    assert render(task, "t", {"a": "A", "b": "B"}).input == "<span style='color: #F08080'>A</span>"

@@ -106,9 +106,9 @@ class Template:
         """The example fields this template reads (not counting what the renderer provides)."""
         names: set[str] = set()
         for source in (self.input_source, self.target_source):
-            names |= jinja2.meta.find_undeclared_variables(ENVIRONMENT.parse(source))
+            names |= jinja2.meta.find_undeclared_variables(environment(self.style).parse(source))
         if isinstance(self.answer_choices, str):
-            names |= jinja2.meta.find_undeclared_variables(ENVIRONMENT.parse(self.answer_choices))
+            names |= jinja2.meta.find_undeclared_variables(environment(self.style).parse(self.answer_choices))
         return frozenset(names - ({"answer_choices"} if self.style == "promptsource" else PROVIDED_VARIABLES))
 
     @cached_property
