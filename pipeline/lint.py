@@ -16,7 +16,7 @@ from pipeline.config import DataConfig
 from pipeline.errors import UserError
 from pipeline.mixing.tree import check_mixture_file
 from pipeline.tasks.rendering import VARIANTS, render_example
-from pipeline.tasks.splits import hub_offline, load_split
+from pipeline.tasks.splits import NotCached, hub_offline, load_split
 from pipeline.tasks.task import Task, load_task
 from pipeline.tasks.templates import load_template
 
@@ -84,10 +84,8 @@ def lint_task(task: Task, data: DataConfig, seed: int = 0) -> list[str]:
     try:
         with hub_offline():  # a hub dataset is linted from the local cache; without it, statically as above
             rows = load_split(task, "train", data.cache_path(), data.split_seed, data.max_bad_row_fraction)
-    except UserError as error:
-        if "path" in task.source and "OfflineModeIsEnabled" in str(error):
-            return problems
-        raise
+    except NotCached:
+        return problems
     rows = rows.select(range(min(SAMPLE_ROWS, len(rows))))
     columns = set(rows.column_names)
     for template in task.templates.values():

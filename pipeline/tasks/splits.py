@@ -65,6 +65,12 @@ def load_source(task: Task, cache_dir: Path) -> datasets.DatasetDict:
     else:
         try:
             loaded = datasets.load_dataset(**source)
+        except ConnectionError as error:
+            if datasets.config.HF_HUB_OFFLINE:  # `hub_offline`, or HF_HUB_OFFLINE=1: the data is not cached here
+                raise NotCached(f"{task.yaml_path}: hub dataset {source} is not in the local cache "
+                                f"({one_line(error)})") from None
+            raise UserError(f"{task.yaml_path}: datasets.load_dataset({source}) failed: "
+                            f"{type(error).__name__}: {error}") from None
         except Exception as error:  # the hub or the path is wrong: say which task and what it tried
             raise UserError(
                 f"{task.yaml_path}: datasets.load_dataset({source}) failed: {type(error).__name__}: {error}"
@@ -94,6 +100,10 @@ def _no_network() -> Iterator[None]:
         yield
     finally:
         config.HF_UPDATE_DOWNLOAD_COUNTS = counting
+
+
+class NotCached(UserError):
+    """A hub dataset asked for offline (`hub_offline`) that is not in the local cache."""
 
 
 @contextlib.contextmanager
