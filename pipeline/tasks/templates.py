@@ -84,8 +84,7 @@ class Template:
     """"promptsource": `input_source` is the whole jinja, `|||` inline, and `target_source` is empty."""
 
     def __post_init__(self) -> None:
-        if self.style == "promptsource":
-            check_template_source(self.input_source, self.path, "jinja", self.style)
+        if self.style == "promptsource":  # what compiles is the truncating rewrite: it holds every name of the jinja
             check_template_source(promptsource_source(self.input_source), self.path, "jinja", self.style)
             return
         for part, source in (("input", self.input_source), ("target", self.target_source)):
