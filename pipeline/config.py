@@ -190,6 +190,30 @@ class ModelConfig:
 
 
 @dataclass
+class PeftConfig:
+    method: Literal["none", "lora", "ia3"] = "none"
+    """`none`: tune every weight; `lora`: low-rank adapters beside linear layers; `ia3`: learned rescaling of keys,
+    values and feed-forward activations (T0's PEFT method). Via `peft`: the base is frozen, checkpoints hold adapters."""
+    rank: int = 8
+    """LoRA's rank r: the width of each adapter's A (r × in) and B (out × r) matrices."""
+    alpha: float = 16.0
+    """LoRA's scale numerator: the adapter's update is multiplied by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input. 0 by default: the embedded model trains without dropout, and dropout's draws
+    depend on the process, so 1 and N processes would train apart."""
+    target_modules: list[str] = field(default_factory=list)
+    """Module names (or name suffixes) that get adapters; empty: for LoRA every linear layer but the output head
+    (`all-linear`: T5's q, k, v, o, wi/wi_0/wi_1, wo; BART's q/k/v/out_proj, fc1, fc2), as the QLoRA paper found
+    adapting all of them is what matches full fine-tuning; for IA3 peft's own choice for the architecture."""
+
+    def __post_init__(self) -> None:
+        check_at_least("peft", "rank", self.rank, 1)
+        check_at_least("peft", "alpha", self.alpha, 0, above=True)
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"peft.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = 1500
     """Optimizer steps to train for."""
@@ -287,6 +311,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -99,6 +99,7 @@ def weights_fingerprint(model: PreTrainedModel) -> str:
 def load_weights(model: PreTrainedModel, checkpoint: Path, model_name: str) -> None:
     """Load a training checkpoint's weights into `model`: `model.safetensors` (one process, DDP) or
     `pytorch_model_fsdp.bin` (FSDP's full state dict). Saved from `Seq2SeqLogits`, so keys start with `model.`.
+    A checkpoint of an adapter run holds only the adapters: give a model with them added (frozen base).
     Weights that do not fit, or a checkpoint saved as sharded FSDP state, are a UserError naming the folder."""
     if (checkpoint / "model.safetensors").is_file():
         weights = load_file(str(checkpoint / "model.safetensors"))
@@ -113,7 +114,8 @@ def load_weights(model: PreTrainedModel, checkpoint: Path, model_name: str) -> N
                         "checkpoint; it may have been written by another tool")
     weights = {key.removeprefix("model."): value for key, value in weights.items()}
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or [k for k in missing if "embed_tokens" not in k and "lm_head" not in k]:
+    frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
+    if unexpected or [k for k in missing if k not in frozen and "embed_tokens" not in k and "lm_head" not in k]:
         raise UserError(f"{checkpoint}: the checkpoint's weights do not fit {model_name} "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     # No `tie_weights()` here: names a tied model shares are one Parameter, so loading one loads all; and on an

@@ -23,7 +23,7 @@ def test_unknown_key_lists_valid_ones():
 
 
 def test_unknown_section_names_it():
-    with pytest.raises(UserError, match=r"unknown key 'trian'.*valid keys: run, data, model, train, eval, log"):
+    with pytest.raises(UserError, match=r"unknown key 'trian'.*valid keys: run, data, model, peft, train, eval, log"):
         load_config(None, ["trian.max_steps=1"])
 
 

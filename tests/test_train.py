@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import launch, losses, settings
+from conftest import kill_and_resume, launch, losses, settings
 
 from pipeline.checkpoints import complete_checkpoints
 
@@ -46,24 +46,6 @@ def test_run_outputs_logs_and_final_model(reference):
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "final")
     output = model.generate(**tokenizer(["Repeat: red green"], return_tensors="pt"), max_new_tokens=5)
     assert output.shape[0] == 1 and output.shape[1] > 1
-
-
-def kill_and_resume(world, run_dir, kill_after: int, *extra: str) -> None:
-    """Start a run, SIGKILL it once it has logged step `kill_after`, and resume it to the end. The runs have 12
-    short steps: polled every 50 ms, a kill aimed at step 10 once landed after the last one (a fresh-clone
-    `make test`)."""
-    process = launch(settings(world, run_dir, *extra), wait=False)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if (run_dir / "metrics.jsonl").exists() and max(losses(run_dir), default=0) >= kill_after:
-            break
-        time.sleep(0.01)  # the steps are short: a coarser poll can miss the last four of them
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert max(losses(run_dir)) < 12, "the run finished before it could be killed"
-    resumed = launch(settings(world, run_dir, *extra))
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "resumed from" in resumed.stdout + resumed.stderr
 
 
 @pytest.mark.parametrize("prefetch", [False, True])

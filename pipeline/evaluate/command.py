@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from pipeline.adapters import adapter_base_name, add_adapters, apply_adapter_folder, is_adapter_folder
 from pipeline.checkpoints import complete_checkpoints, read_records
 from pipeline.config import Config, load_config_dict
 from pipeline.data.batcher import Batcher
@@ -31,19 +32,25 @@ from pipeline.tasks.task import get_task, load_tasks
 
 
 def load_for_evaluation(target: str, cfg: Config) -> tuple[Any, Any, str]:
-    """(model, tokenizer, description) for a run folder (its final model), a `save_pretrained` folder,
-    a training checkpoint (`.../checkpoints/step-N`: the run's base model with the checkpoint's weights),
-    or a hub name / `flanpipe/t5-tiny` (the base model)."""
+    """(model, tokenizer, description) for a run folder (its final model, merged for an adapter run), a
+    `save_pretrained` folder, a peft adapter folder (`<run>/adapter`: on the base its config names), a training
+    checkpoint (`.../checkpoints/step-N`: the run's base model with the checkpoint's weights or adapters), or a hub
+    name / `flanpipe/t5-tiny` (the base model)."""
     path = Path(target)
     if (path / "final" / "config.json").exists():
         path = path / "final"
     if (path / "train_state.json").exists():
         run_cfg = load_config_dict(read_records(path)["config"])
         model, tokenizer = load_model(run_cfg.model, run_cfg.data)
+        model = add_adapters(model, run_cfg.peft)  # an adapter run's checkpoint holds only the adapters
         load_weights(model, path, run_cfg.model.name)
         return model, tokenizer, f"{path} (checkpoint of {run_cfg.model.name})"
+    if is_adapter_folder(path):
+        base_name = adapter_base_name(path)
+        model, tokenizer = load_model(dataclasses.replace(cfg.model, name=base_name), cfg.data)
+        return apply_adapter_folder(model, path), tokenizer, f"{path} (adapters on {base_name})"
     if path.exists() and not (path / "config.json").exists():
-        raise UserError(f"{path}: not a model folder, run folder or checkpoint; expected config.json, final/ "
+        raise UserError(f"{path}: not a model folder, run folder or checkpoint; expected config.json, adapter_config.json, final/ "
                         "or train_state.json inside")
     model, tokenizer = load_model(dataclasses.replace(cfg.model, name=str(path)), cfg.data)
     return model, tokenizer, str(path)

@@ -26,6 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from pipeline.adapters import add_adapters, parameter_counts, save_adapter_and_merged, trainable_weights
 from pipeline.checkpoints import choose_resume_checkpoint
 from pipeline.config import Config, TrainConfig
 from pipeline.dashboard import evaluation_values
@@ -73,6 +74,9 @@ def train(cfg: Config) -> dict[str, Any]:
         refuse_training_on_benchmarks([tasks[name] for name in mixture.shares])
         model, tokenizer = load_model(cfg.model, cfg.data)
         check_packing(model.config, cfg.data.packing)
+        with torch.random.fork_rng():  # the adapters' initial values depend on the seed alone
+            torch.manual_seed(cfg.run.seed)
+            model = add_adapters(model, cfg.peft)
         start_token = model.config.decoder_start_token_id
         feed = TrainingFeed(tasks, list(mixture.shares), Batcher(tokenizer, cfg.data, start_token), cfg.data,
                             cfg.run.seed)
@@ -82,7 +86,9 @@ def train(cfg: Config) -> dict[str, Any]:
     if note:
         accelerator.print(note)
     sampler = MixtureSampler(mixture, seed=cfg.run.seed, homogeneous=cfg.data.homogeneous_batches)
-    accelerator.print(f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters; "
+    counts = parameter_counts(model)
+    tuned = f" ({counts['trainable_parameters']:,} trained: {cfg.peft.method})" if cfg.peft.method != "none" else ""
+    accelerator.print(f"{cfg.model.name}: {counts['parameters']:,} parameters{tuned}; "
                       f"mixture {mixture.name}: {len(mixture.shares)} tasks, {len(mixture.held_out)} held out; "
                       f"{accelerator.num_processes} process(es), {accelerator.distributed_type.value}, "
                       f"mixed precision {accelerator.mixed_precision}")
@@ -91,6 +97,8 @@ def train(cfg: Config) -> dict[str, Any]:
         model = torch.compile(model)
     optimizer, scheduler = make_optimizer(cfg.train, model, accelerator.device)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)  # FSDP swaps in its parameters
+    if cfg.peft.method != "none":  # checkpoints hold the adapters; the frozen base is the base model's
+        accelerator.register_save_state_pre_hook(keep_trainable_weights)
 
     steps = StepSource(feed, sampler, cfg.train.batch_size, accelerator.process_index, accelerator.num_processes,
                        cfg.train.gradient_accumulation_steps, prefetch=cfg.data.prefetch,
@@ -101,7 +109,7 @@ def train(cfg: Config) -> dict[str, Any]:
         accelerator.print(f"resumed from {checkpoint} at step {state.step}"
                           + (f" with changed settings: {', '.join(changed)}" if changed else ""))
 
-    accelerator.init_trackers(cfg.log.wandb_project, config=flat_config(cfg.to_dict()),
+    accelerator.init_trackers(cfg.log.wandb_project, config={**flat_config(cfg.to_dict()), **counts},
                               init_kwargs=tracker_init_kwargs(accelerator, cfg, run_dir, mixture.name, list(mixture.shares)))
     describe_metrics(accelerator)
     if changed:
@@ -160,7 +168,7 @@ def train(cfg: Config) -> dict[str, Any]:
     logged = log_evaluation(accelerator, evaluator, model, state.step, held_out, base, scored=scores["tasks"])
     if not (cfg.train.save_every and state.step % cfg.train.save_every == 0):  # else the loop just saved it
         save(accelerator, run_dir, cfg, state, steps)
-    save_final_model(accelerator, model, tokenizer, run_dir)
+    save_final_model(accelerator, model, tokenizer, run_dir, cfg)
     final_validation = {task: result["loss"] for task, result in scores["tasks"].items()}
     summary = _summary(state, final_validation, run_dir, window.session_data_share(accelerator))
     summary.update({key.removeprefix("aggregate/"): value for key, value in logged.items()
@@ -239,14 +247,21 @@ def save_scores(accelerator: Accelerator, evaluator: Evaluator, model: Any, path
     return report
 
 
-def save_final_model(accelerator: Accelerator, model: Any, tokenizer: Any, run_dir: Path) -> None:
-    """`<run>/final`: model + tokenizer via save_pretrained, so plain transformers loads it. Collective: every
-    process hands over its shard of the weights (FSDP, ZeRO-3); the main process writes the folder atomically, a
-    previous `final/` staying in place until the new one replaces it."""
+def save_final_model(accelerator: Accelerator, model: Any, tokenizer: Any, run_dir: Path, cfg: Config) -> None:
+    """`<run>/final`: model + tokenizer via save_pretrained, so plain transformers loads it; an adapter run
+    (`peft.method`) also writes `<run>/adapter` (peft's folder: adapters + tokenizer) and merges them into
+    `final`. Collective: every process hands over its shard of the weights (FSDP, ZeRO-3); the main process
+    writes the folders atomically, a previous one staying in place until the new one replaces it."""
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        inner = inner_model(model)
         weights = {key.removeprefix("model."): value for key, value in state_dict.items()}  # Seq2SeqLogits' prefix
+        inner = inner_model(model)
+        if cfg.peft.method != "none":
+            with staged_folder(run_dir / "adapter") as staging:
+                inner = save_adapter_and_merged(weights, cfg.peft, lambda: load_model(cfg.model, cfg.data)[0],
+                                                staging)
+                tokenizer.save_pretrained(staging)
+            weights = inner.state_dict()
         # A gathered (FSDP, ZeRO-3) state dict holds a copy per name of a tied matrix; keep the one a single
         # process saves, so the folder is the same whatever the launcher.
         for name, target in getattr(inner, "all_tied_weights_keys", {}).items():
@@ -257,6 +272,12 @@ def save_final_model(accelerator: Accelerator, model: Any, tokenizer: Any, run_d
             tokenizer.save_pretrained(staging)
             keep_hub_conventions(inner, tokenizer, staging)
     accelerator.wait_for_everyone()
+
+
+def keep_trainable_weights(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
+    """accelerate's save-state hook for adapter runs: each model's saved weights cut to its trainable ones."""
+    for index, (model, state) in enumerate(zip(models, weights, strict=False)):
+        weights[index] = trainable_weights(model, state)
 
 
 def keep_hub_conventions(model: Any, tokenizer: Any, folder: Path) -> None:

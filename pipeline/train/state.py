@@ -26,6 +26,7 @@ RESUME_MUST_MATCH = (
     "run.seed", "model.name", "data.mixture", "data.few_shot_k", "data.max_input_length",
     "data.max_target_length", "data.packing", "data.homogeneous_batches", "data.length_window", "train.batch_size", "train.optimizer",
     "train.loss_per",
+    "peft.method", "peft.rank", "peft.target_modules",
 )
 
 
@@ -62,7 +63,8 @@ def resume(accelerator: Accelerator, checkpoint: Path, cfg: Config, steps: StepS
                 f"{checkpoint}: cannot resume: it was trained with {key}={saved.get(key)!r}, this run has "
                 f"{current.get(key)!r}; use the same setting, train.resume=off, or another run.dir"
             )
-    accelerator.load_state(str(checkpoint))
+    # An adapter run's checkpoint holds only the adapters: the frozen base stays as loaded.
+    accelerator.load_state(str(checkpoint), strict=cfg.peft.method == "none")
     steps.sampler.load_state_dict(records["sampler"])
     steps.load_state_dict(records.get("steps", {}))
     known = {f.name for f in dataclasses.fields(TrainState)}
