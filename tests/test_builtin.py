@@ -34,8 +34,10 @@ from pipeline.builtin.readers import (
     vera_acronyms,
     wordnet_antonyms,
     wordnet_definitions,
+    wordnet_example_passages,
 )
 from pipeline.builtin.sources import BUILTIN_SOURCES
+from pipeline.tasks.span_corruption import corrupt
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 
@@ -162,6 +164,15 @@ def test_wordnet_definitions_drop_examples_and_markers():
     assert rows[2] == {"word": "handy", "pos": "adjective", "definition": "easy to reach"}
     synsets = list(parse_wordnet_data(WORDNET_SAMPLE))
     assert synsets[2].words == ("handy", "ready to hand")  # "(p)" marker and underscores gone
+
+
+def test_wordnet_example_passages_join_the_examples_the_definitions_leave_out():
+    synsets = list(parse_wordnet_data(WORDNET_SAMPLE))
+    assert list(wordnet_example_passages(synsets, min_words=11)) == [
+        {"text": "able to swim. she was able to program her computer. unable to get to town without a car.",
+         "source": "wordnet examples"},
+        {"text": "found a handy spot for the can opener.", "source": "wordnet examples"},
+    ]
 
 
 def test_wordnet_antonyms_resolve_pointer_and_keep_each_pair_once():
@@ -411,6 +422,8 @@ SAMPLE_ROWS = {  # one parsed example per source, from the samples above, to ren
     "fortune_topics": lambda: next(parse_fortunes(FORTUNE_SAMPLE, "computers")),
     "acronyms": lambda: next(vera_acronyms(dictd_entries(*_dictd(VERA_ENTRIES)))),
     "arithmetic": lambda: next(arithmetic_examples(1)),
+    "corpus": lambda: dict(zip(("inputs", "targets"), corrupt(
+        next(wordnet_example_passages(parse_wordnet_data(WORDNET_SAMPLE)))["text"], seed=0), strict=True)),
 }
 
 
@@ -428,7 +441,8 @@ def test_every_source_is_used_and_every_builtin_task_renders():
     for folder, spec in folders:
         example = SAMPLE_ROWS[spec["source"]["builtin"]]()
         templates = sorted(folder.glob("*.jinja"))
-        assert len(templates) >= 3, folder
+        pretraining = any("span_corruption" in str(step) for step in spec.get("preprocess", []))
+        assert len(templates) >= (1 if pretraining else 3), folder
         for template in templates:
             parts = re.split(r"^\|\|\|$", template.read_text(), flags=re.MULTILINE)
             assert len(parts) == 2, template

@@ -99,6 +99,18 @@ def wordnet_definitions(synsets: Iterable[Synset]) -> Iterator[dict]:
             yield {"word": synset.words[0], "pos": synset.pos, "definition": synset.definition}
 
 
+def wordnet_example_passages(synsets: Iterable[Synset], min_words: int = 60) -> Iterator[dict]:
+    """WordNet's quoted example sentences (the part of each gloss `definition` leaves out), joined in reading
+    order into passages of at least `min_words` words: plain text that no built-in task reads."""
+    synsets, passage = list(synsets), []
+    for index, synset in enumerate(synsets):
+        examples = [example.strip() for example in re.findall(r'"([^"]+)"', synset.gloss) if example.strip()]
+        passage += [example if example[-1] in ".!?" else example + "." for example in examples]
+        if passage and (sum(len(s.split()) for s in passage) >= min_words or index == len(synsets) - 1):
+            yield {"text": " ".join(passage), "source": "wordnet examples"}
+            passage = []
+
+
 def wordnet_antonyms(synsets: Iterable[Synset]) -> Iterator[dict]:
     """Word pairs linked by the lexical pointer `!`, each pair once, in the direction first met.
 

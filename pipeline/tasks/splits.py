@@ -200,8 +200,13 @@ def _load_splits(task: Task, cache_dir: Path, split_seed: int) -> tuple[datasets
                     f"columns: {', '.join(dataset.column_names)}"
                 )
             splits[name] = dataset.rename_column(theirs, ours) if ours != theirs else dataset
-    for step in task.preprocess:
-        splits = datasets.DatasetDict({name: PREPROCESSORS[step](ds) for name, ds in splits.items()})
+    for step, settings in task.preprocess:
+        try:
+            splits = datasets.DatasetDict({name: PREPROCESSORS[step].apply(ds, split_seed, **settings)
+                                           for name, ds in splits.items()})
+        except KeyError as error:  # a step reads a column the data lacks
+            raise UserError(f"{task.yaml_path}: preprocess: {step}: no column {error.args[0]!r}; columns: "
+                            f"{', '.join(next(iter(splits.values())).column_names)}") from None
     splits, dropped = drop_incomplete_rows(task, splits)
     if task.carve:
         train = splits["train"]

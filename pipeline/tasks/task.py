@@ -20,7 +20,9 @@ from pipeline.builtin.sources import BUILTIN_SOURCES
 from pipeline.errors import UserError
 from pipeline.files import content_hash, read_yaml
 from pipeline.metrics import METRICS, NORMALIZERS
+from pipeline.tasks import span_corruption
 from pipeline.tasks.environment import STYLES
+from pipeline.tasks.span_corruption import span_corruption_step
 from pipeline.tasks.templates import Template, load_template
 
 if TYPE_CHECKING:
@@ -38,7 +40,7 @@ TASK_KEYS = {
     "metrics": "metric names (see pipeline.metrics)",
     "cap": "examples-proportional mixing cap for this task",
     "held_out": "true: evaluated, never trained on",
-    "preprocess": "names of preprocessing steps, applied in order",
+    "preprocess": "preprocessing steps, applied in order: a name, or {name: {setting: value}}",
     "shuffle_options": "true: list the options in a seeded random order in the options variant",
     "normalize": "how predictions and targets are normalised for exact match and accuracy (see pipeline.metrics)",
     "style": "flanpipe (default) or promptsource: templates with `|||` inline, rendered as promptsource renders them",
@@ -75,12 +77,22 @@ def _dedupe(dataset: datasets.Dataset) -> datasets.Dataset:
     return dataset.select([i for i, k in enumerate(keep) if k])
 
 
-# Preprocessing steps a task.yaml may name: each maps a Dataset to a Dataset.
-PREPROCESSORS: dict[str, Callable[[datasets.Dataset], datasets.Dataset]] = {
-    "strip": lambda ds: ds.map(_strip, batched=True),
-    "lowercase": lambda ds: ds.map(_lowercase, batched=True),
-    "drop_empty": _drop_empty,
-    "dedupe": _dedupe,
+@dataclass(frozen=True)
+class Preprocessor:
+    """A preprocessing step a task.yaml may name: `apply(dataset, seed, **settings)` maps a Dataset to a Dataset
+    (`seed` is `data.split_seed`); `check(settings)` says what is wrong with its settings, or None."""
+
+    apply: Callable[..., datasets.Dataset]
+    check: Callable[[dict[str, Any]], str | None] = lambda settings: (
+        f"takes no settings, got {', '.join(settings)}" if settings else None)
+
+
+PREPROCESSORS: dict[str, Preprocessor] = {
+    "strip": Preprocessor(lambda ds, seed: ds.map(_strip, batched=True)),
+    "lowercase": Preprocessor(lambda ds, seed: ds.map(_lowercase, batched=True)),
+    "drop_empty": Preprocessor(lambda ds, seed: _drop_empty(ds)),
+    "dedupe": Preprocessor(lambda ds, seed: _dedupe(ds)),
+    "span_corruption": Preprocessor(span_corruption_step, span_corruption.check_settings),
 }
 
 
@@ -101,7 +113,8 @@ class Task:
     metrics: tuple[str, ...] = ()
     cap: int | None = None
     held_out: bool = False
-    preprocess: tuple[str, ...] = ()
+    preprocess: tuple[tuple[str, dict[str, Any]], ...] = ()
+    """(step name, its settings) in order."""
     shuffle_options: bool = False
     normalize: str = "squad"
     style: str = "flanpipe"
@@ -183,10 +196,7 @@ def load_task(folder: Path) -> Task:
             if metric not in metrics:
                 raise UserError(f"{template.path}: metrics: {metric!r} is not one of the task's metrics "
                                 f"({', '.join(metrics) or 'none'}); add it to {yaml_path.name}'s metrics")
-    preprocess = tuple(_check_list(spec, "preprocess", yaml_path))
-    for step in preprocess:
-        if step not in PREPROCESSORS:
-            raise UserError(f"{yaml_path}: preprocess: unknown step {step!r}; valid: {', '.join(PREPROCESSORS)}")
+    preprocess = _check_preprocess(spec.get("preprocess", []), yaml_path)
     answer_choices = spec.get("answer_choices")
     if answer_choices is not None and not (
         isinstance(answer_choices, str)
@@ -254,6 +264,27 @@ def _check_list(spec: dict, key: str, yaml_path: Path) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise UserError(f"{yaml_path}: {key} must be a list of names, got {value!r}")
     return value
+
+
+def _check_preprocess(steps: Any, yaml_path: Path) -> tuple[tuple[str, dict[str, Any]], ...]:
+    if not isinstance(steps, list):
+        raise UserError(f"{yaml_path}: preprocess must be a list of steps, got {steps!r}")
+    checked = []
+    for step in steps:
+        if isinstance(step, dict) and len(step) == 1:
+            (name, settings), = step.items()
+        else:
+            name, settings = step, {}
+        if not isinstance(name, str) or not isinstance(settings, dict):
+            raise UserError(f"{yaml_path}: preprocess: {step!r} is not a step; write a name (dedupe) or a name with "
+                            "settings ({span_corruption: {noise_density: 0.15}})")
+        if name not in PREPROCESSORS:
+            raise UserError(f"{yaml_path}: preprocess: unknown step {name!r}; valid: {', '.join(PREPROCESSORS)}")
+        problem = PREPROCESSORS[name].check(settings)
+        if problem:
+            raise UserError(f"{yaml_path}: preprocess: {name}: {problem}")
+        checked.append((name, dict(settings)))
+    return tuple(checked)
 
 
 def _check_carve(spec: dict, splits: dict, yaml_path: Path) -> dict[str, float]:
