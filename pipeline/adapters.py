@@ -74,6 +74,27 @@ def trainable_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor])
     return {name: value for name, value in weights.items() if name in trainable}
 
 
+def load_trainable_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Load an adapter run's checkpoint (`model.safetensors`: the trainable weights alone) into the prepared model,
+    by name whatever wrapped the model when it was saved and now (DDP's `module.`, torch.compile's `_orig_mod.`),
+    so a checkpoint resumes on any number of processes. Every trainable weight must be there, and nothing else."""
+    from safetensors.torch import load_file
+
+    saved = {_bare(name): value for name, value in load_file(str(checkpoint / "model.safetensors")).items()}
+    trainable = {_bare(name): parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+    if set(saved) != set(trainable):
+        odd = sorted(set(saved) ^ set(trainable))
+        raise UserError(f"{checkpoint}: its adapter weights do not fit this run's adapters (e.g. {odd[0]}); resume "
+                        "with the peft settings it was trained with, or train.resume=off")
+    with torch.no_grad():
+        for name, parameter in trainable.items():
+            parameter.copy_(saved[name])
+
+
+def _bare(name: str) -> str:
+    return name.replace("module.", "", 1).replace("_orig_mod.", "")
+
+
 def save_adapter_and_merged(weights: dict[str, torch.Tensor], settings: PeftConfig,
                             load_base: Callable[[], PreTrainedModel], adapter_dir: Path) -> PreTrainedModel:
     """Write the trained adapters (`weights`: the injected model's state dict, or its trainable part) to

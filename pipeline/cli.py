@@ -20,7 +20,7 @@ from pipeline.data.tokenize import encode_texts
 from pipeline.errors import UserError
 from pipeline.evaluate.results import format_scores
 from pipeline.files import check_output_file, write_json_atomically
-from pipeline.forgetting import DEFAULT_SEQUENCE, run_experiment, write_report
+from pipeline.forgetting import DEFAULT_GENERAL, DEFAULT_SEQUENCE, STRATEGIES, run_experiment, write_report
 from pipeline.importers.benchmark_fetch import fetch_benchmarks, format_fetch_report
 from pipeline.importers.promptsource import import_promptsource, summary_table
 from pipeline.lint import lint_paths
@@ -37,6 +37,9 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 _SETTING = re.compile(r"^[a-z_]+\.[a-z_]+=")
+
+
+PRETRAINED = "flanpipe/t5-tiny-pretrained"  # pipeline.default_model.PRETRAINED_MODEL, without importing torch
 
 
 def _config(args: argparse.Namespace):
@@ -216,6 +219,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(cfg)
 
 
+def cmd_base(args: argparse.Namespace) -> None:
+    from pipeline.modeling import pretrained_run_dir  # transformers: see the module docstring
+    from pipeline.train.loop import train
+
+    preset = Path(args.config) if args.config else SHIPPED_CONFIGS / "base.yaml"
+    run_dir = pretrained_run_dir(load_config(preset, args.overrides).data)
+    if not (run_dir / "final" / "config.json").is_file():
+        _quiet_datasets()
+        train(load_config(preset, [*args.overrides, f"run.dir={run_dir}"]))
+    print(f"{PRETRAINED}: in {run_dir / 'final'}; runs start from it with model.name={PRETRAINED}")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from pipeline.evaluate.command import base_model_of, evaluate_model  # torch: see the module docstring
 
@@ -238,10 +253,14 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_forgetting(args: argparse.Namespace) -> None:
     steps, limit = (10, 8) if args.quick else (args.steps, args.limit)
+    _at_least(steps, 1, "--steps")
+    if not 0 < args.replay < 1:
+        raise UserError(f"--replay must be a share between 0 and 1 (e.g. 0.05), got {args.replay}")
     settings = ["-c", str(Path(args.config or SHIPPED_CONFIGS / "default.yaml")), *args.overrides]
-    result = run_experiment(Path(args.out), list(args.tasks or DEFAULT_SEQUENCE), steps, settings, limit)
+    result = run_experiment(Path(args.out), list(args.tasks or DEFAULT_SEQUENCE), steps, settings, limit,
+                            list(args.strategies or STRATEGIES), list(args.general or DEFAULT_GENERAL), args.replay)
     path = write_report(result, Path(args.out))
-    print(path.read_text().split("## What earlier")[0])
+    print("## " + path.read_text().split("\n## ")[1])  # the summary table
     print(f"wrote {path} ({result['seconds'] / 60:.1f} min)")
 
 
@@ -318,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     training.add_argument("preset", nargs="?", help="a YAML preset of settings (same as -c)")
 
+    command("base", cmd_base, f"build {PRETRAINED}: the embedded model pre-trained with span corruption",
+            "Pre-train flanpipe/t5-tiny with T5's span corruption on the built-in corpus (configs/base.yaml), once; "
+            "the model is cached under <cache>/models and a killed build resumes. Runs then start from it with "
+            f"model.name={PRETRAINED}.")
+
     evaluation = command(
         "eval", cmd_eval, "score a model, run or checkpoint on each task's held-out split",
         "Score each task by the metrics its task.yaml declares (ROUGE, BLEU, exact match, accuracy, rank "
@@ -334,14 +358,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--out", help="write the results as JSON here")
 
     forgetting = command(
-        "forgetting", cmd_forgetting, "sequential single-task tuning vs a multi-task run: the forgetting matrix",
-        "Tune the base model on each task in turn, scoring every task after each stage, and once on a mixture of "
-        "the same tasks for the same total steps; write forgetting.md with the matrix and plots. Stages already "
-        "finished in --out are reused. -c sets the preset every stage trains with (default configs/default.yaml).",
+        "forgetting", cmd_forgetting, "forgetting and its remedies: tasks tuned in sequence under each strategy",
+        "Tune the pre-trained base on each task in turn under each strategy (full fine-tuning, LoRA, replay of "
+        "earlier tasks, replay of span corruption) and once on a mixture of all of them for the same total steps, "
+        "scoring every task and what the base knew after each stage; write forgetting.md with the matrices, the "
+        "summary table and plots. Stages already finished in --out are reused. -c sets the preset every stage "
+        "trains with (default configs/default.yaml); model.name=... changes the base (default "
+        "flanpipe/t5-tiny-pretrained: `make base`).",
     )
     forgetting.add_argument("--tasks", nargs="+", help="the task sequence (default: sentiment topics arithmetic)")
+    forgetting.add_argument("--strategies", nargs="+", help=f"some of: {', '.join(STRATEGIES)} (default: all)")
+    forgetting.add_argument("--general", nargs="+",
+                            help="what the base knew: tasks never trained here (default: corpus definitions analogies)")
+    forgetting.add_argument("--replay", type=float, default=0.05, help="replay share of each stage (default 0.05)")
     forgetting.add_argument("--steps", type=int, default=300, help="training steps per stage (default 300)")
-    forgetting.add_argument("--limit", type=int, default=100, help="validation examples per task (default 100)")
+    forgetting.add_argument("--limit", type=int, default=300,
+                            help="validation examples per task (default 300: topics' whole split; sentiment ±3 points)")
     forgetting.add_argument("--out", default="runs/forgetting", help="experiment folder (default runs/forgetting)")
     forgetting.add_argument("--quick", action="store_true", help="10 steps per stage, 8 examples: a smoke test")
 

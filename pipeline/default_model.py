@@ -30,6 +30,8 @@ from pipeline.errors import UserError
 from pipeline.files import content_hash, staged_folder, verify_manifest
 
 DEFAULT_MODEL = "flanpipe/t5-tiny"
+PRETRAINED_MODEL = "flanpipe/t5-tiny-pretrained"
+"""The default after T5's span-corruption pre-training on the built-in corpus (`flanpipe base`, configs/base.yaml)."""
 # Bump when the recipe below changes (tokenizer pipeline, init, saved files): cached defaults are rebuilt.
 DEFAULT_RECIPE_VERSION = 1
 # Unigram training time grows with the text (~10-20 s per MB on 2 CPU cores); 2 MB is plenty for a ~4k vocab.

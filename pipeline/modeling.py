@@ -34,17 +34,18 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from pipeline.config import SHIPPED_TEMPLATES, DataConfig, ModelConfig, default_cache_dir
+from pipeline.config import SHIPPED_CONFIGS, SHIPPED_TEMPLATES, DataConfig, ModelConfig, default_cache_dir
 from pipeline.default_model import (
     DEFAULT_MODEL,
     DEFAULT_SPEC,
+    PRETRAINED_MODEL,
     DefaultModelSpec,
     create_default_model,
     default_model_dir,
     text_fingerprint,
 )
 from pipeline.errors import UserError, one_line
-from pipeline.files import content_hash, usable_cache
+from pipeline.files import content_hash, read_yaml, usable_cache
 from pipeline.tasks.rendering import sample_texts, texts_fingerprint
 from pipeline.tasks.task import load_tasks
 
@@ -65,8 +66,14 @@ def load_model(model: ModelConfig, data: DataConfig, tokenizer_only: bool = Fals
                ) -> tuple[PreTrainedModel | None, PreTrainedTokenizerBase]:
     """The configured model and tokenizer (the model None with `tokenizer_only`). The embedded default is
     created from the *shipped* built-in suite's text (cached under `data.cache_dir`), so every run and evaluation
-    shares one base model."""
+    shares one base model; its pre-trained version is what `flanpipe base` built from it."""
     cache_dir = data.cache_path()
+    if model.name == PRETRAINED_MODEL:
+        final = pretrained_run_dir(data) / "final"
+        if not (final / "config.json").is_file():
+            raise UserError(f"{PRETRAINED_MODEL} is not built yet in {cache_dir}: run `make base` (flanpipe base), "
+                            f"once; or use model.name={DEFAULT_MODEL}")
+        return load_model_and_tokenizer(final, cache_dir=cache_dir, tokenizer_only=tokenizer_only)
     if model.name != DEFAULT_MODEL:
         return load_model_and_tokenizer(model.name, trust_remote_code=model.trust_remote_code, cache_dir=cache_dir,
                                         tokenizer_only=tokenizer_only)
@@ -76,6 +83,16 @@ def load_model(model: ModelConfig, data: DataConfig, tokenizer_only: bool = Fals
         default_texts=lambda: sample_texts(tasks, cache_dir, split_seed=data.split_seed),
         texts_fingerprint=texts_fingerprint(tasks, cache_dir, data.split_seed),
     )
+
+
+def pretrained_run_dir(data: DataConfig) -> Path:
+    """Where `flanpipe base` trains `PRETRAINED_MODEL` (its model is `final/`): keyed by the embedded default it
+    starts from and the recipe (configs/base.yaml), so a new default or recipe is a new base."""
+    tasks = load_tasks(SHIPPED_TEMPLATES)
+    default = default_model_dir(data.cache_path(), DEFAULT_SPEC, texts_fingerprint(tasks, data.cache_path(),
+                                                                                  data.split_seed), 0)
+    recipe = read_yaml(SHIPPED_CONFIGS / "base.yaml", "config file")  # the settings, not the comments
+    return default.with_name(f"{default.name}-pretrained-{content_hash(recipe, length=8)}")
 
 
 def weights_fingerprint(model: PreTrainedModel) -> str:

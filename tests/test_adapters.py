@@ -4,6 +4,7 @@ plain transformers loads and that scores as the adapters do."""
 
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -147,3 +148,17 @@ def test_a_bad_peft_setting_exits_2_with_one_line_and_writes_nothing(world, tmp_
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("flanpipe train: error:")]
     assert "peft.target_modules" in line and "Traceback" not in result.stderr
     assert not (tmp_path / "bad").exists()
+
+
+@slow
+def test_a_lora_checkpoint_of_one_process_resumes_on_two(world, lora_run, tmp_path):
+    """The adapters are loaded by name, whatever wrapper (DDP's `module.`) saved or loads them."""
+    run_dir = tmp_path / "moved"
+    shutil.copytree(lora_run[0], run_dir)
+    shutil.rmtree(run_dir / "checkpoints" / "step-12")
+    result = launch(settings(world, run_dir, *LORA), nproc=2)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resumed from" in result.stdout + result.stderr and "step-9" in result.stdout + result.stderr
+    one, resumed = losses(lora_run[0]), losses(run_dir)
+    for step in (10, 11, 12):
+        assert resumed[step] == pytest.approx(one[step], rel=1e-4), step

@@ -1,9 +1,10 @@
 """`flanpipe eval`, `flanpipe report` and `flanpipe forgetting --quick` end to end on the tiny world."""
 
 import json
+import shutil
 
 import pytest
-from conftest import launch, settings
+from conftest import WORDS, launch, settings, write_task
 
 pytestmark = pytest.mark.slow
 
@@ -60,15 +61,37 @@ def test_eval_of_a_checkpoint_equals_eval_of_the_final_model(world, run_dir, tmp
     assert scores["final"] == scores["checkpoint"]
 
 
-def test_forgetting_quick(world, tmp_path):
+def test_forgetting_quick_runs_every_strategy_and_reuses_finished_stages(world, tmp_path):
+    tasks = tmp_path / "tasks"
+    shutil.copytree(world["tasks"], tasks)
+    # a corpus as the world's tiny model can read it: 4 sentinels, so texts of at most 12 words (one or two spans)
+    write_task(tasks, "corpus", "source: {files: data.jsonl}\npreprocess: [{span_corruption: {max_words: 12}}]\n"
+               "carve: {validation: 10, test: 10}\n", {"denoise": "{{ inputs }}\n|||\n{{ targets }}\n"},
+               [{"text": f"{word} is a colour and so is {other} or maybe not"} for word, other in
+                zip(WORDS * 8, WORDS[3:] * 8 + WORDS[:3] * 8, strict=True)])
     out = tmp_path / "forgetting"
-    result = launch(["--quick", "--tasks", "colour", "echo", "--out", str(out), *world_settings(world)],
-                    command="forgetting")
+    command = ["--quick", "--tasks", "colour", "echo", "--general", "corpus", "--out", str(out),
+               *world_settings(world), f"data.templates_dir={tasks}"]
+    result = launch(command, command="forgetting")
     assert result.returncode == 0, result.stdout + result.stderr
-    matrix = json.loads((out / "forgetting.json").read_text())
-    assert list(matrix["rows"]) == ["base", "1-after-colour", "2-after-echo", "multi-task"]
+    report = json.loads((out / "forgetting.json").read_text())
+    assert list(report["rows"]) == ["full", "lora", "replay", "pretraining_replay", "multitask"]
+    assert list(report["rows"]["full"]) == ["base", "colour", "echo"] and list(report["rows"]["multitask"]) == [
+        "base", "all"]
+    for rows in report["rows"].values():  # every task and the corpus scored after every stage
+        assert all(set(scores) == {"colour", "echo", "corpus"} for scores in rows.values())
+    assert report["rows"]["full"]["base"] == report["rows"]["lora"]["base"]  # one base for every strategy
+    replay = (out / "replay" / "2-echo.yaml").read_text()
+    assert "echo: {weight: 0.95}" in replay and "colour: {weight: 0.05}" in replay
+    assert "corpus: {weight: 0.05}" in (out / "pretraining_replay" / "2-echo.yaml").read_text()
+    assert (out / "lora" / "1-colour" / "adapter" / "adapter_config.json").exists()
+    summary = report["summary"]
+    assert summary["full"]["forgetting_score"] is not None and summary["multitask"]["forgetting_score"] is None
     text = (out / "forgetting.md").read_text()
-    assert "What earlier tasks lose in later stages" in text and (out / "forgetting_loss.png").exists()
+    assert "## Summary" in text and "forgetting (score)" in text
+    assert all((out / name).exists() for name in ("forgetting_score.png", "forgetting_loss.png", "learn_vs_forget.png"))
+    again = launch(command, command="forgetting")  # every stage is finished: nothing is trained again
+    assert again.returncode == 0 and "training" not in again.stdout, again.stdout
 
 
 def test_input_reliance_scores_each_target_after_its_own_and_another_input(world, run_dir):

@@ -18,7 +18,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 from pipeline.data.collate import PackingCollator, PaddingCollator
 from pipeline.data.tokenize import tokenize_batch
 from pipeline.forward import Seq2SeqLogits, example_loss_sums, generate, token_losses
-from pipeline.modeling import load_weights
+from pipeline.modeling import load_model_and_tokenizer, load_weights
 
 pytestmark = pytest.mark.slow
 
@@ -164,3 +164,22 @@ def test_the_table(hub, world, tmp_path):
                     f"{'bitwise' if bitwise else 'differs'} | {' | '.join(cells)} |")
     if os.environ.get("FLANPIPE_HUB_TABLE"):
         Path(os.environ["FLANPIPE_HUB_TABLE"]).write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_adapters_attach_to_every_family_with_their_defaults(hub, family, method):
+    """`peft.method` with no target modules: LoRA on every linear layer but the head, IA3 where peft puts it."""
+    from pipeline.adapters import add_adapters
+    from pipeline.config import PeftConfig
+
+    model, tokenizer = load_model_and_tokenizer(str(hub[family]["model"]))
+    inputs = {**tokenizer(["Is it colourful? red green blue"], return_tensors="pt"),
+              "decoder_input_ids": torch.tensor([[model.config.decoder_start_token_id, 5, 6]])}
+    with torch.no_grad():
+        before = model(**inputs).logits
+    model = add_adapters(model, PeftConfig(method=method))
+    trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    assert trainable and all(("lora_" if method == "lora" else "ia3_l") in name for name in trainable)
+    with torch.no_grad():  # both start as the identity: the base model's logits
+        assert torch.allclose(model(**inputs).logits, before, atol=1e-5)

@@ -296,3 +296,17 @@ def test_weights_fingerprint_follows_the_weights_not_the_path(tiny_default, tmp_
         model.shared.weight.mul_(2)
     model.save_pretrained(folder)
     assert weights_fingerprint(AutoModelForSeq2SeqLM.from_pretrained(folder)) != before
+
+
+def test_the_pretrained_base_is_named_until_built_then_loaded_from_its_run(tiny_default, tmp_path, monkeypatch):
+    from pipeline.config import load_config
+
+    data = load_config(None, [f"data.cache_dir={tmp_path / 'cache'}"]).data
+    model_config = load_config(None, ["model.name=flanpipe/t5-tiny-pretrained"]).model
+    with pytest.raises(UserError, match=r"flanpipe/t5-tiny-pretrained is not built yet .* run `make base`"):
+        modeling.load_model(model_config, data)
+    run_dir = modeling.pretrained_run_dir(data)
+    assert run_dir.parent == tmp_path / "cache" / "models" and "-pretrained-" in run_dir.name
+    shutil.copytree(tiny_default, run_dir / "final")  # what `flanpipe base` leaves: the run's final model
+    model, _ = modeling.load_model(model_config, data)
+    assert Path(model.config.name_or_path) == run_dir / "final"

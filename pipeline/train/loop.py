@@ -105,7 +105,7 @@ def train(cfg: Config) -> dict[str, Any]:
                        length_window=cfg.data.length_window)
     state, changed = TrainState(), []
     if checkpoint is not None:
-        state, changed = resume(accelerator, checkpoint, cfg, steps, optimizer, scheduler)
+        state, changed = resume(accelerator, checkpoint, cfg, steps, model, optimizer, scheduler)
         accelerator.print(f"resumed from {checkpoint} at step {state.step}"
                           + (f" with changed settings: {', '.join(changed)}" if changed else ""))
 

@@ -1,6 +1,7 @@
 """A run's state across checkpoints: `TrainState`, saving it with the sampler and config, and the resume check.
 
-    state, changed = resume(accelerator, find_resume_checkpoint("auto", run_dir), cfg, steps, optimizer, scheduler)
+    state, changed = resume(accelerator, find_resume_checkpoint("auto", run_dir), cfg, steps, model, optimizer,
+                            scheduler)
     save(accelerator, run_dir, cfg, state, steps)
 
 The checkpoint folder format itself (atomic `step-N` folders, the newest complete one) is
@@ -16,6 +17,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from pipeline.adapters import load_trainable_weights
 from pipeline.checkpoints import read_records, save_checkpoint
 from pipeline.config import Config
 from pipeline.errors import UserError
@@ -43,7 +45,7 @@ class TrainState:
     """Per-task validation loss before training, for the end-of-run summary."""
 
 
-def resume(accelerator: Accelerator, checkpoint: Path, cfg: Config, steps: StepSource, optimizer: Any,
+def resume(accelerator: Accelerator, checkpoint: Path, cfg: Config, steps: StepSource, model: Any, optimizer: Any,
            scheduler: Any) -> tuple[TrainState, list[str]]:
     """Load a checkpoint into the prepared model, optimizer and scheduler, the step source (the sampler and
     any length window) and a `TrainState`.
@@ -63,8 +65,11 @@ def resume(accelerator: Accelerator, checkpoint: Path, cfg: Config, steps: StepS
                 f"{checkpoint}: cannot resume: it was trained with {key}={saved.get(key)!r}, this run has "
                 f"{current.get(key)!r}; use the same setting, train.resume=off, or another run.dir"
             )
-    # An adapter run's checkpoint holds only the adapters: the frozen base stays as loaded.
+    # An adapter run's checkpoint holds only the adapters: the frozen base stays as loaded, and the adapters are
+    # loaded by name (accelerate's load matches names only under the wrapper they were saved under).
     accelerator.load_state(str(checkpoint), strict=cfg.peft.method == "none")
+    if cfg.peft.method != "none" and (checkpoint / "model.safetensors").is_file():  # (FSDP saves its own way)
+        load_trainable_weights(model, checkpoint)
     steps.sampler.load_state_dict(records["sampler"])
     steps.load_state_dict(records.get("steps", {}))
     known = {f.name for f in dataclasses.fields(TrainState)}
