@@ -15,6 +15,7 @@ the adapter parameters require gradients, so the optimizer holds only them and a
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,11 @@ from transformers import PreTrainedModel
 
 from pipeline.config import PeftConfig
 from pipeline.errors import UserError, one_line
+from pipeline.forward import model_weight_name
 
 ADAPTER_CONFIG = "adapter_config.json"
+# peft 0.21 asks transformers 5 `is_gradient_checkpointing`, which warns that it is deprecated: not the user's to fix.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def peft_settings(settings: PeftConfig) -> Any:
@@ -80,8 +84,9 @@ def load_trainable_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     so a checkpoint resumes on any number of processes. Every trainable weight must be there, and nothing else."""
     from safetensors.torch import load_file
 
-    saved = {_bare(name): value for name, value in load_file(str(checkpoint / "model.safetensors")).items()}
-    trainable = {_bare(name): parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+    saved = {model_weight_name(name): value for name, value in load_file(str(checkpoint / "model.safetensors")).items()}
+    trainable = {model_weight_name(name): parameter for name, parameter in model.named_parameters()
+                 if parameter.requires_grad}
     if set(saved) != set(trainable):
         odd = sorted(set(saved) ^ set(trainable))
         raise UserError(f"{checkpoint}: its adapter weights do not fit this run's adapters (e.g. {odd[0]}); resume "
@@ -89,10 +94,6 @@ def load_trainable_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     with torch.no_grad():
         for name, parameter in trainable.items():
             parameter.copy_(saved[name])
-
-
-def _bare(name: str) -> str:
-    return name.replace("module.", "", 1).replace("_orig_mod.", "")
 
 
 def save_adapter_and_merged(weights: dict[str, torch.Tensor], settings: PeftConfig,

@@ -175,9 +175,17 @@ def as_forward(model: nn.Module) -> nn.Module:
     return Seq2SeqLogits(model) if isinstance(model, PreTrainedModel) else model
 
 
+def model_weight_name(name: str) -> str:
+    """A prepared model's weight name as the transformers model inside names it: the wrappers' prefixes (DDP's
+    `module.`, torch.compile's `_orig_mod.`) and `Seq2SeqLogits`' `model.` removed."""
+    while name.startswith(("module.", "_orig_mod.")):
+        name = name.removeprefix("module.").removeprefix("_orig_mod.")
+    return name.removeprefix("model.")
+
+
 def inner_model(model: nn.Module) -> PreTrainedModel:
     """The transformers model inside a prepared model (DDP/FSDP/compile wrappers and `Seq2SeqLogits` peeled)."""
-    model = extract_model_from_parallel(model)
+    model = extract_model_from_parallel(model, keep_torch_compile=False)
     return model.model if isinstance(model, Seq2SeqLogits) else model
 
 

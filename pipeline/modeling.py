@@ -46,6 +46,7 @@ from pipeline.default_model import (
 )
 from pipeline.errors import UserError, one_line
 from pipeline.files import content_hash, read_yaml, usable_cache
+from pipeline.forward import model_weight_name
 from pipeline.tasks.rendering import sample_texts, texts_fingerprint
 from pipeline.tasks.task import load_tasks
 
@@ -115,7 +116,7 @@ def weights_fingerprint(model: PreTrainedModel) -> str:
 
 def load_weights(model: PreTrainedModel, checkpoint: Path, model_name: str) -> None:
     """Load a training checkpoint's weights into `model`: `model.safetensors` (one process, DDP) or
-    `pytorch_model_fsdp.bin` (FSDP's full state dict). Saved from `Seq2SeqLogits`, so keys start with `model.`.
+    `pytorch_model_fsdp.bin` (FSDP's full state dict). Saved from `Seq2SeqLogits` (and any wrapper: `model_weight_name`).
     A checkpoint of an adapter run holds only the adapters: give a model with them added (frozen base).
     Weights that do not fit, or a checkpoint saved as sharded FSDP state, are a UserError naming the folder."""
     if (checkpoint / "model.safetensors").is_file():
@@ -129,7 +130,7 @@ def load_weights(model: PreTrainedModel, checkpoint: Path, model_name: str) -> N
     else:
         raise UserError(f"{checkpoint}: no model weights (model.safetensors or pytorch_model_fsdp.bin) in this "
                         "checkpoint; it may have been written by another tool")
-    weights = {key.removeprefix("model."): value for key, value in weights.items()}
+    weights = {model_weight_name(key): value for key, value in weights.items()}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
     if unexpected or [k for k in missing if k not in frozen and "embed_tokens" not in k and "lm_head" not in k]:

@@ -6,7 +6,14 @@ import torch
 from seq2seq_helpers import PAIRS, features, tiny_t5, word_tokenizer
 
 from pipeline.data.collate import LABEL_PAD, PackingCollator, PaddingCollator
-from pipeline.forward import Seq2SeqLogits, example_loss_sums, seq2seq_forward, token_losses
+from pipeline.forward import (
+    Seq2SeqLogits,
+    example_loss_sums,
+    inner_model,
+    model_weight_name,
+    seq2seq_forward,
+    token_losses,
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +94,14 @@ def test_packed_and_padded_gradients_agree_through_the_wrapper(tokenizer):
         token_mean_loss(model(batch), batch["labels"]).backward()
         gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-4, atol=1e-6)
+
+
+def test_a_compiled_model_is_peeled_and_its_weight_names_are_the_models(tokenizer):
+    """`train.compile=true` wraps Seq2SeqLogits in torch.compile's module: saving and scoring must see through it
+    (its `_orig_mod.` prefix, and DDP's `module.`, on every saved name)."""
+    model = tiny_t5(len(tokenizer), "sdpa", True)
+    compiled = torch.compile(Seq2SeqLogits(model))  # compiles at the first call: nothing runs here
+    assert inner_model(compiled) is model
+    names = {model_weight_name(name) for name in compiled.state_dict()}
+    assert names == set(model.state_dict())
+    assert model_weight_name("module._orig_mod.model.shared.weight") == "shared.weight"

@@ -35,7 +35,14 @@ from pipeline.errors import UserError
 from pipeline.evaluate.evaluator import Evaluator
 from pipeline.evaluate.results import add_base
 from pipeline.files import check_writable, staged_folder, write_json_atomically
-from pipeline.forward import Seq2SeqLogits, check_packing, example_loss_sums, inner_model, token_losses
+from pipeline.forward import (
+    Seq2SeqLogits,
+    check_packing,
+    example_loss_sums,
+    inner_model,
+    model_weight_name,
+    token_losses,
+)
 from pipeline.importers.benchmarks import refuse_training_on_benchmarks
 from pipeline.mixing.sampler import MixtureSampler
 from pipeline.mixing.tree import RegistryStats, load_mixture
@@ -254,7 +261,7 @@ def save_final_model(accelerator: Accelerator, model: Any, tokenizer: Any, run_d
     writes the folders atomically, a previous one staying in place until the new one replaces it."""
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        weights = {key.removeprefix("model."): value for key, value in state_dict.items()}  # Seq2SeqLogits' prefix
+        weights = {model_weight_name(key): value for key, value in state_dict.items()}
         inner = inner_model(model)
         if cfg.peft.method != "none":
             with staged_folder(run_dir / "adapter") as staging:
