@@ -15,8 +15,9 @@ the adapter parameters require gradients, so the optimizer holds only them and a
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,15 @@ from pipeline.errors import UserError, one_line
 from pipeline.forward import model_weight_name
 
 ADAPTER_CONFIG = "adapter_config.json"
-# peft 0.21 asks transformers 5 `is_gradient_checkpointing`, which warns that it is deprecated: not the user's to fix.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft 0.21 asks transformers 5 `is_gradient_checkpointing`, which warns that it is deprecated: not the user's
+    to fix."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def peft_settings(settings: PeftConfig) -> Any:
@@ -55,7 +63,8 @@ def add_adapters(model: PreTrainedModel, settings: PeftConfig) -> PreTrainedMode
     from peft import get_peft_model
 
     try:
-        wrapped = get_peft_model(model, peft_settings(settings))
+        with _quiet_peft():
+            wrapped = get_peft_model(model, peft_settings(settings))
     except (ValueError, TypeError, KeyError) as error:
         hint = ("set peft.target_modules to names of the model's linear layers (for T5: q, k, v, o, wi, wo; "
                 "T5 v1.1/FLAN-T5/mT5: wi_0, wi_1; BART: q_proj, v_proj, fc1, fc2)")
@@ -104,7 +113,8 @@ def save_adapter_and_merged(weights: dict[str, torch.Tensor], settings: PeftConf
     wrapped the trained model (DDP, FSDP: `weights` is the gathered state dict)."""
     from peft import get_peft_model
 
-    peft_model = get_peft_model(load_base(), peft_settings(settings))
+    with _quiet_peft():
+        peft_model = get_peft_model(load_base(), peft_settings(settings))
     injected = peft_model.get_base_model()
     adapters = trainable_weights(injected, injected.state_dict())
     missing = sorted(set(adapters) - set(weights))
@@ -140,7 +150,8 @@ def apply_adapter_folder(model: PreTrainedModel, folder: Path) -> PreTrainedMode
     from peft import PeftModel
 
     try:
-        injected = PeftModel.from_pretrained(model, str(folder)).get_base_model()
+        with _quiet_peft():
+            injected = PeftModel.from_pretrained(model, str(folder)).get_base_model()
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise UserError(f"{folder}: the adapters do not load on {model.config.name_or_path} "
                         f"({one_line(error)})") from None
