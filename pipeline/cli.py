@@ -220,15 +220,18 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_base(args: argparse.Namespace) -> None:
-    from pipeline.modeling import pretrained_run_dir  # transformers: see the module docstring
+    from pipeline.modeling import pretrained_run_dir, shipped_base_recipe  # transformers: see the module docstring
     from pipeline.train.loop import train
 
     preset = Path(args.config) if args.config else SHIPPED_CONFIGS / "base.yaml"
-    run_dir = pretrained_run_dir(load_config(preset, args.overrides).data)
+    recipe = load_config(preset, args.overrides)
+    run_dir = pretrained_run_dir(recipe)
     if not (run_dir / "final" / "config.json").is_file():
         _quiet_datasets()
         train(load_config(preset, [*args.overrides, f"run.dir={run_dir}"]))
-    print(f"{PRETRAINED}: in {run_dir / 'final'}; runs start from it with model.name={PRETRAINED}")
+    shipped = run_dir == pretrained_run_dir(shipped_base_recipe(recipe.data))
+    name = PRETRAINED if shipped else run_dir / "final"  # another recipe is another model: named by its folder
+    print(f"pre-trained base in {run_dir / 'final'}; runs start from it with model.name={name}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

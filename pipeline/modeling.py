@@ -34,7 +34,15 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from pipeline.config import SHIPPED_CONFIGS, SHIPPED_TEMPLATES, DataConfig, ModelConfig, default_cache_dir
+from pipeline.config import (
+    SHIPPED_CONFIGS,
+    SHIPPED_TEMPLATES,
+    Config,
+    DataConfig,
+    ModelConfig,
+    default_cache_dir,
+    load_config,
+)
 from pipeline.default_model import (
     DEFAULT_MODEL,
     DEFAULT_SPEC,
@@ -45,7 +53,7 @@ from pipeline.default_model import (
     text_fingerprint,
 )
 from pipeline.errors import UserError, one_line
-from pipeline.files import content_hash, read_yaml, usable_cache
+from pipeline.files import content_hash, usable_cache
 from pipeline.forward import model_weight_name
 from pipeline.tasks.rendering import sample_texts, texts_fingerprint
 from pipeline.tasks.task import load_tasks
@@ -70,7 +78,7 @@ def load_model(model: ModelConfig, data: DataConfig, tokenizer_only: bool = Fals
     shares one base model; its pre-trained version is what `flanpipe base` built from it."""
     cache_dir = data.cache_path()
     if model.name == PRETRAINED_MODEL:
-        final = pretrained_run_dir(data) / "final"
+        final = pretrained_run_dir(shipped_base_recipe(data)) / "final"
         if not (final / "config.json").is_file():
             raise UserError(f"{PRETRAINED_MODEL} is not built yet in {cache_dir}: run `make base` (flanpipe base), "
                             f"once; or use model.name={DEFAULT_MODEL}")
@@ -86,14 +94,23 @@ def load_model(model: ModelConfig, data: DataConfig, tokenizer_only: bool = Fals
     )
 
 
-def pretrained_run_dir(data: DataConfig) -> Path:
-    """Where `flanpipe base` trains `PRETRAINED_MODEL` (its model is `final/`): keyed by the embedded default it
-    starts from and the recipe (configs/base.yaml), so a new default or recipe is a new base."""
+def pretrained_run_dir(recipe: Config) -> Path:
+    """Where `flanpipe base` trains a pre-trained base by `recipe` (its model is `final/`), in the recipe's cache,
+    keyed by the embedded default it starts from and by every setting but where things are written and logged: a
+    new default, recipe or override is a new base. `PRETRAINED_MODEL` is the shipped recipe's (configs/base.yaml)."""
+    data = recipe.data
     tasks = load_tasks(SHIPPED_TEMPLATES)
     default = default_model_dir(data.cache_path(), DEFAULT_SPEC, texts_fingerprint(tasks, data.cache_path(),
                                                                                   data.split_seed), 0)
-    recipe = read_yaml(SHIPPED_CONFIGS / "base.yaml", "config file")  # the settings, not the comments
-    return default.with_name(f"{default.name}-pretrained-{content_hash(recipe, length=8)}")
+    settings = recipe.to_dict()
+    del settings["log"], settings["run"]["name"], settings["run"]["dir"], settings["run"]["threads"]
+    del settings["data"]["cache_dir"]
+    return default.with_name(f"{default.name}-pretrained-{content_hash(settings, length=8)}")
+
+
+def shipped_base_recipe(data: DataConfig) -> Config:
+    """configs/base.yaml, the recipe of `PRETRAINED_MODEL`, with `data`'s cache."""
+    return load_config(SHIPPED_CONFIGS / "base.yaml", [f"data.cache_dir={data.cache_path()}"])
 
 
 def weights_fingerprint(model: PreTrainedModel) -> str:

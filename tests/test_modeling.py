@@ -305,8 +305,13 @@ def test_the_pretrained_base_is_named_until_built_then_loaded_from_its_run(tiny_
     model_config = load_config(None, ["model.name=flanpipe/t5-tiny-pretrained"]).model
     with pytest.raises(UserError, match=r"flanpipe/t5-tiny-pretrained is not built yet .* run `make base`"):
         modeling.load_model(model_config, data)
-    run_dir = modeling.pretrained_run_dir(data)
+    run_dir = modeling.pretrained_run_dir(modeling.shipped_base_recipe(data))
     assert run_dir.parent == tmp_path / "cache" / "models" and "-pretrained-" in run_dir.name
+    other = load_config(modeling.SHIPPED_CONFIGS / "base.yaml", [f"data.cache_dir={tmp_path / 'cache'}",
+                                                               "train.max_steps=7", "run.dir=elsewhere"])
+    assert modeling.pretrained_run_dir(other) != run_dir  # another recipe is another base; where it runs is not
+    assert modeling.pretrained_run_dir(load_config(modeling.SHIPPED_CONFIGS / "base.yaml", [
+        f"data.cache_dir={tmp_path / 'cache'}", "run.dir=elsewhere", "log.trackers=[jsonl]"])) == run_dir
     shutil.copytree(tiny_default, run_dir / "final")  # what `flanpipe base` leaves: the run's final model
     model, _ = modeling.load_model(model_config, data)
     assert Path(model.config.name_or_path) == run_dir / "final"
