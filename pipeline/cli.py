@@ -224,13 +224,12 @@ def cmd_base(args: argparse.Namespace) -> None:
     from pipeline.train.loop import train
 
     preset = Path(args.config) if args.config else SHIPPED_CONFIGS / "base.yaml"
-    recipe = load_config(preset, args.overrides)
-    run_dir = pretrained_run_dir(recipe)
+    run_dir = pretrained_run_dir(recipe := load_config(preset, args.overrides))
     if not (run_dir / "final" / "config.json").is_file():
         _quiet_datasets()
         train(load_config(preset, [*args.overrides, f"run.dir={run_dir}"]))
-    shipped = run_dir == pretrained_run_dir(shipped_base_recipe(recipe.data))
-    name = PRETRAINED if shipped else run_dir / "final"  # another recipe is another model: named by its folder
+    # another recipe (or override) is another model, named by its folder
+    name = PRETRAINED if run_dir == pretrained_run_dir(shipped_base_recipe(recipe.data)) else run_dir / "final"
     print(f"pre-trained base in {run_dir / 'final'}; runs start from it with model.name={name}")
 
 
