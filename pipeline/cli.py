@@ -220,10 +220,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_base(args: argparse.Namespace) -> None:
-    from pipeline.modeling import (  # transformers: see the module docstring
-        pretrained_run_dir,
-        shipped_base_recipe,
-    )
+    from pipeline.modeling import pretrained_run_dir, shipped_base_recipe  # transformers: see the docstring
     from pipeline.train.loop import train
 
     preset = Path(args.config) if args.config else SHIPPED_CONFIGS / "base.yaml"
