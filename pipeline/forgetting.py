@@ -21,6 +21,7 @@ what the base knew), forgetting curves per strategy and a learn-vs-forget scatte
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -132,7 +133,7 @@ def run_experiment(out: Path, tasks: list[str], steps: int, settings: list[str],
     return {"tasks": tasks, "general": general, "strategies": strategies, "steps_per_stage": steps, "limit": limit,
             "replay_share": share, "base_model": base_model, "rows": rows,
             "seconds": round(time.perf_counter() - started, 1),
-            "stage_seconds": sum(timings.get(stage, 0) for stage in timings)}
+            "stage_seconds": sum(timings.values())}
 
 
 def _scores(path: Path) -> dict[str, Any]:
@@ -257,4 +258,4 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
 
 def _cell(entry: dict[str, Any]) -> str:
     score = _score(entry)
-    return f"{entry['loss']:.2f}" if score != score else f"{score:.1f} / {entry['loss']:.2f}"
+    return f"{entry['loss']:.2f}" if math.isnan(score) else f"{score:.1f} / {entry['loss']:.2f}"

@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import jinja2.filters
 import pytest
@@ -73,13 +74,9 @@ def load_promptsource(root: Path) -> types.ModuleType:
 def seeded(key: str):
     """promptsource's `choice` and Jinja's `random` draw from `random.Random(key)`, as flanpipe's do."""
     rng = random.Random(key)
-    module = sys.modules["promptsource_templates"]
-    saved = module.random, jinja2.filters.random
-    module.random = jinja2.filters.random = rng
-    try:
+    with mock.patch.object(sys.modules["promptsource_templates"], "random", rng), \
+            mock.patch.object(jinja2.filters, "random", rng):
         yield
-    finally:
-        module.random, jinja2.filters.random = saved
 
 
 def theirs(template: Any, row: dict[str, Any], key: str) -> tuple[list[str], list[str] | None]:

@@ -50,8 +50,8 @@ def load_for_evaluation(target: str, cfg: Config) -> tuple[Any, Any, str]:
         model, tokenizer = load_model(dataclasses.replace(cfg.model, name=base_name), cfg.data)
         return apply_adapter_folder(model, path), tokenizer, f"{path} (adapters on {base_name})"
     if path.exists() and not (path / "config.json").exists():
-        raise UserError(f"{path}: not a model folder, run folder or checkpoint; expected config.json, adapter_config.json, final/ "
-                        "or train_state.json inside")
+        raise UserError(f"{path}: not a model folder, run folder or checkpoint; expected config.json, "
+                        "adapter_config.json, final/ or train_state.json inside")
     model, tokenizer = load_model(dataclasses.replace(cfg.model, name=str(path)), cfg.data)
     return model, tokenizer, str(path)
 

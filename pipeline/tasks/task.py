@@ -22,7 +22,6 @@ from pipeline.files import content_hash, read_yaml
 from pipeline.metrics import METRICS, NORMALIZERS
 from pipeline.tasks import span_corruption
 from pipeline.tasks.environment import STYLES
-from pipeline.tasks.span_corruption import span_corruption_step
 from pipeline.tasks.templates import Template, load_template
 
 if TYPE_CHECKING:
@@ -92,7 +91,7 @@ PREPROCESSORS: dict[str, Preprocessor] = {
     "lowercase": Preprocessor(lambda ds, seed: ds.map(_lowercase, batched=True)),
     "drop_empty": Preprocessor(lambda ds, seed: _drop_empty(ds)),
     "dedupe": Preprocessor(lambda ds, seed: _dedupe(ds)),
-    "span_corruption": Preprocessor(span_corruption_step, span_corruption.check_settings),
+    "span_corruption": Preprocessor(span_corruption.span_corruption_step, span_corruption.check_settings),
 }
 
 
